@@ -1,0 +1,263 @@
+// CPU backend: XLA FFI handlers for the fused forward and backward of every rule.
+//
+// Work is split into blocks of W = 16 parameters (one SIMD vector per value) and the blocks
+// of all batch entries are spread over OpenMP threads. The backward recomputes the forward
+// per block and accumulates meta-parameter cotangents in per-thread lane accumulators,
+// flushed to double precision every kFlushBlocks blocks; per-thread partials are summed in
+// thread order, so results are deterministic for a given thread count.
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include <pybind11/pybind11.h>
+
+#include "cpu_simd.h"
+#include "optim4rl_math.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+namespace py = pybind11;
+
+namespace o4r::cpu {
+namespace {
+
+constexpr int64_t kFlushBlocks = 32;     // lane sums stay short: fp32 error stays ~1e-7
+constexpr int64_t kMinParallelBlocks = 64;  // below this, threads cost more than they save
+
+// Load W values starting at x[i0] (n valid, rest zero) and store them back.
+inline vf load(const float* x, int64_t n) {
+  vf v = {};
+  std::memcpy(&v, x, sizeof(float) * n);
+  return v;
+}
+inline void store(float* x, vf v, int64_t n) { std::memcpy(x, &v, sizeof(float) * n); }
+
+struct Problem {  // one fused call: B independent (meta, g, h) triples of P parameters
+  int64_t batch, params, blocks;  // blocks per batch entry
+};
+
+template <int RULE>
+void forward(const float* meta, const float* g, const float* h, float* dir, float* h_new,
+             Problem pr, float clip) {
+  constexpr int R = hidden_rows<RULE>();
+  constexpr int K = meta_size<RULE>();
+  const int64_t total = pr.batch * pr.blocks;
+#pragma omp parallel for schedule(static) if (total >= kMinParallelBlocks)
+  for (int64_t task = 0; task < total; ++task) {
+    const int64_t b = task / pr.blocks, i0 = (task % pr.blocks) * W;
+    const int64_t n = std::min<int64_t>(W, pr.params - i0);
+    const int64_t off = b * pr.params + i0, hoff = b * R * pr.params + i0;
+    vf hv[R], hn[R];
+    for (int r = 0; r < R; ++r) hv[r] = load(h + hoff + r * pr.params, n);
+    Step<vf, VecMath, RULE> s;
+    s.forward(meta + b * K, load(g + off, n), hv, hn, clip);
+    store(dir + off, s.direction, n);
+    for (int r = 0; r < R; ++r) store(h_new + hoff + r * pr.params, hn[r], n);
+  }
+}
+
+struct LaneAcc {  // meta cotangent accumulator, one vector per meta-parameter
+  vf* a;
+  inline void operator()(int idx, vf v) { a[idx] += v; }
+};
+struct MaskedLaneAcc {  // for the last, partial block: padded lanes add nothing
+  vf* a;
+  vi valid;
+  inline void operator()(int idx, vf v) { a[idx] += valid ? v : vf{}; }
+};
+
+template <int RULE>
+void backward(const float* meta, const float* g, const float* h, const float* d_dir,
+              const float* d_h_new, float* d_meta, float* d_h, Problem pr, float clip) {
+  constexpr int R = hidden_rows<RULE>();
+  constexpr int K = meta_size<RULE>();
+  const int64_t total = pr.batch * pr.blocks;
+  const int threads = total >= kMinParallelBlocks ? omp_get_max_threads() : 1;
+  std::vector<std::vector<double>> partial(threads);  // per thread: [its batch range][K]
+  std::vector<int64_t> first_batch(threads, 0);
+
+#pragma omp parallel num_threads(threads)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int64_t lo = total * t / nt, hi = total * (t + 1) / nt;
+    if (lo < hi) {
+      const int64_t b_lo = lo / pr.blocks, b_hi = (hi - 1) / pr.blocks;
+      first_batch[t] = b_lo;
+      std::vector<double>& part = partial[t];
+      part.assign((b_hi - b_lo + 1) * K, 0.0);
+      std::vector<vf> lanes(K, vf{});
+      auto flush = [&](int64_t b) {
+        double* dst = part.data() + (b - b_lo) * K;
+        for (int k = 0; k < K; ++k) {
+          double s = 0.0;
+          for (int l = 0; l < W; ++l) s += lanes[k][l];
+          dst[k] += s;
+          lanes[k] = vf{};
+        }
+      };
+      int64_t since_flush = 0, cur_b = b_lo;
+      for (int64_t task = lo; task < hi; ++task) {
+        const int64_t b = task / pr.blocks, i0 = (task % pr.blocks) * W;
+        if (b != cur_b || since_flush == kFlushBlocks) {
+          flush(cur_b);
+          cur_b = b;
+          since_flush = 0;
+        }
+        const int64_t n = std::min<int64_t>(W, pr.params - i0);
+        const int64_t off = b * pr.params + i0, hoff = b * R * pr.params + i0;
+        const float* p = meta + b * K;
+        vf hv[R], hn[R], dhn[R], dh[R];
+        for (int r = 0; r < R; ++r) {
+          hv[r] = load(h + hoff + r * pr.params, n);
+          dhn[r] = load(d_h_new + hoff + r * pr.params, n);
+        }
+        Step<vf, VecMath, RULE> s;
+        s.forward(p, load(g + off, n), hv, hn, clip);
+        if (n == W) {
+          LaneAcc acc{lanes.data()};
+          s.backward(p, load(d_dir + off, n), dhn, dh, acc);
+        } else {
+          vi lane;
+          for (int l = 0; l < W; ++l) lane[l] = l;
+          MaskedLaneAcc acc{lanes.data(), lane < (int32_t)n};
+          s.backward(p, load(d_dir + off, n), dhn, dh, acc);
+        }
+        for (int r = 0; r < R; ++r) store(d_h + hoff + r * pr.params, dh[r], n);
+        ++since_flush;
+      }
+      flush(cur_b);
+    }
+  }
+  std::vector<double> sum(pr.batch * K, 0.0);
+  for (int t = 0; t < threads; ++t) {
+    double* dst = sum.data() + first_batch[t] * K;
+    for (size_t k = 0; k < partial[t].size(); ++k) dst[k] += partial[t][k];
+  }
+  for (int64_t k = 0; k < pr.batch * K; ++k) d_meta[k] = static_cast<float>(sum[k]);
+}
+
+int meta_size_of(int rule) {
+  switch (rule) {
+    case kOptim4RL: return meta_size<kOptim4RL>();
+    case kOptim4RLPublic: return meta_size<kOptim4RLPublic>();
+    case kLinearOptim: return meta_size<kLinearOptim>();
+    case kL2LGD2: return meta_size<kL2LGD2>();
+  }
+  return -1;
+}
+
+int hidden_rows_of(int rule) {
+  switch (rule) {
+    case kOptim4RL: return hidden_rows<kOptim4RL>();
+    case kOptim4RLPublic: return hidden_rows<kOptim4RLPublic>();
+    case kLinearOptim: return hidden_rows<kLinearOptim>();
+    case kL2LGD2: return hidden_rows<kL2LGD2>();
+  }
+  return -1;
+}
+
+// Validates buffer sizes against the rule and derives (batch, params). Leading dimensions
+// of every operand are batch dimensions (vmap with broadcast_all).
+ffi::Error describe(int rule, ffi::AnyBuffer::Dimensions g_dims, size_t meta_n, size_t g_n,
+                    size_t h_n, Problem* pr) {
+  const int K = meta_size_of(rule), R = hidden_rows_of(rule);
+  if (K < 0) return ffi::Error::InvalidArgument("optim4rl: unknown rule id");
+  if (g_dims.size() < 1) return ffi::Error::InvalidArgument("optim4rl: gradients must be rank >= 1");
+  const int64_t P = g_dims.back();
+  if (meta_n % K != 0)
+    return ffi::Error::InvalidArgument("optim4rl: meta-parameter size does not match the rule");
+  const int64_t B = meta_n / K;
+  if (static_cast<int64_t>(g_n) != B * P || static_cast<int64_t>(h_n) != B * R * P)
+    return ffi::Error::InvalidArgument("optim4rl: gradient/hidden-state sizes do not match");
+  *pr = Problem{B, P, (P + W - 1) / W};
+  return ffi::Error::Success();
+}
+
+ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> meta, ffi::Buffer<ffi::F32> g,
+                       ffi::Buffer<ffi::F32> h, ffi::ResultBuffer<ffi::F32> dir,
+                       ffi::ResultBuffer<ffi::F32> h_new, int32_t rule, float clip) {
+  Problem pr;
+  if (auto e = describe(rule, g.dimensions(), meta.element_count(), g.element_count(),
+                        h.element_count(), &pr); e.failure())
+    return e;
+  if (pr.params == 0) return ffi::Error::Success();
+  auto run = [&](auto rule_tag) {
+    forward<decltype(rule_tag)::value>(meta.typed_data(), g.typed_data(), h.typed_data(),
+                                       dir->typed_data(), h_new->typed_data(), pr, clip);
+  };
+  switch (rule) {
+    case kOptim4RL: run(std::integral_constant<int, kOptim4RL>{}); break;
+    case kOptim4RLPublic: run(std::integral_constant<int, kOptim4RLPublic>{}); break;
+    case kLinearOptim: run(std::integral_constant<int, kLinearOptim>{}); break;
+    case kL2LGD2: run(std::integral_constant<int, kL2LGD2>{}); break;
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> meta, ffi::Buffer<ffi::F32> g,
+                        ffi::Buffer<ffi::F32> h, ffi::Buffer<ffi::F32> d_dir,
+                        ffi::Buffer<ffi::F32> d_h_new, ffi::ResultBuffer<ffi::F32> d_meta,
+                        ffi::ResultBuffer<ffi::F32> d_h, int32_t rule, float clip) {
+  Problem pr;
+  if (auto e = describe(rule, g.dimensions(), meta.element_count(), g.element_count(),
+                        h.element_count(), &pr); e.failure())
+    return e;
+  if (d_dir.element_count() != g.element_count() || d_h_new.element_count() != h.element_count())
+    return ffi::Error::InvalidArgument("optim4rl: cotangent sizes do not match");
+  if (pr.params == 0) {
+    std::fill_n(d_meta->typed_data(), d_meta->element_count(), 0.0f);
+    return ffi::Error::Success();
+  }
+  auto run = [&](auto rule_tag) {
+    backward<decltype(rule_tag)::value>(meta.typed_data(), g.typed_data(), h.typed_data(),
+                                        d_dir.typed_data(), d_h_new.typed_data(),
+                                        d_meta->typed_data(), d_h->typed_data(), pr, clip);
+  };
+  switch (rule) {
+    case kOptim4RL: run(std::integral_constant<int, kOptim4RL>{}); break;
+    case kOptim4RLPublic: run(std::integral_constant<int, kOptim4RLPublic>{}); break;
+    case kLinearOptim: run(std::integral_constant<int, kLinearOptim>{}); break;
+    case kL2LGD2: run(std::integral_constant<int, kL2LGD2>{}); break;
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+}  // namespace o4r::cpu
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Optim4rlCpuForward, o4r::cpu::ForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int32_t>("rule")
+                                  .Attr<float>("clip"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Optim4rlCpuBackward, o4r::cpu::BackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int32_t>("rule")
+                                  .Attr<float>("clip"));
+
+PYBIND11_MODULE(_cpu, m) {
+  m.doc() = "optim4rl CPU backend: XLA FFI handlers";
+  m.def("registrations", []() {
+    py::dict d;
+    d["optim4rl_cpu_forward"] = py::capsule(reinterpret_cast<void*>(Optim4rlCpuForward));
+    d["optim4rl_cpu_backward"] = py::capsule(reinterpret_cast<void*>(Optim4rlCpuBackward));
+    return d;
+  });
+  m.def("meta_size", &o4r::cpu::meta_size_of, "flat meta-parameter count of a rule id");
+  m.def("hidden_rows", &o4r::cpu::hidden_rows_of, "hidden-state rows of a rule id");
+  m.def("num_threads", []() { return omp_get_max_threads(); });
+}

@@ -1,0 +1,98 @@
+// SIMD math policy for the CPU backend: T = 16 floats (one AVX-512 register; GCC splits it
+// on narrower machines). exp/log/tanh are Cephes-style polynomials (about 1-2 ulp) written
+// with vector operations, because libm has no vector entry points we can rely on.
+#pragma once
+#include <cstdint>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace o4r::cpu {
+
+constexpr int W = 16;  // parameters per SIMD block
+typedef float vf __attribute__((vector_size(4 * W)));
+typedef int32_t vi __attribute__((vector_size(4 * W)));
+
+struct VecMath {
+  static inline vf splat(float x) { return vf{} + x; }
+  static inline vf select(vi mask, vf a, vf b) { return mask ? a : b; }
+
+  static inline vf sqrt(vf x) {
+#if defined(__AVX512F__)
+    return (vf)_mm512_sqrt_ps((__m512)x);
+#else
+    vf r;
+    for (int i = 0; i < W; ++i) r[i] = __builtin_sqrtf(x[i]);
+    return r;
+#endif
+  }
+
+  static inline vf pow2i(vi k) { return (vf)((k + 127) << 23); }  // 2^k, -126 <= k <= 127
+
+  static inline vf exp(vf x) {
+    // exp(x) = 2^k e^r, |r| <= ln2 / 2; 2^k applied in two halves so k = 128 cannot overflow.
+    vf xc = select(x > 88.7228f, splat(88.7228f), x);
+    xc = select(xc < -87.3365f, splat(-87.3365f), xc);  // NaN passes both
+    vf kf = xc * 1.44269504088896341f + 0.5f;
+    vi k = __builtin_convertvector(kf, vi);
+    k += (__builtin_convertvector(k, vf) > kf);  // truncation -> floor (true is -1)
+    vf fk = __builtin_convertvector(k, vf);
+    vf r = xc - fk * 0.693359375f + fk * 2.12194440e-4f;
+    vf y = splat(1.9875691500e-4f);
+    y = y * r + 1.3981999507e-3f;
+    y = y * r + 8.3334519073e-3f;
+    y = y * r + 4.1665795894e-2f;
+    y = y * r + 1.6666665459e-1f;
+    y = y * r + 5.0000001201e-1f;
+    y = y * r * r + r + 1.0f;
+    vi k1 = k >> 1;
+    vf res = y * pow2i(k1) * pow2i(k - k1);
+    res = select(x > 88.7228f, splat(__builtin_inff()), res);
+    return select(x < -87.3365f, splat(0.0f), res);  // flush to zero, as XLA on CPU
+  }
+
+  static inline vf log(vf x) {
+    // x = m 2^e with m in [sqrt(1/2), sqrt(2)); log x = log1p(m - 1) + e ln 2.
+    vi bits = (vi)x;
+    vi e = ((bits >> 23) & 0xff) - 126;
+    vf m = (vf)((bits & 0x807fffff) | 0x3f000000);  // in [0.5, 1)
+    vi small = m < 0.707106781186547524f;
+    e += small;  // true is -1
+    m = select(small, m + m, m) - 1.0f;
+    vf fe = __builtin_convertvector(e, vf);
+    vf z = m * m;
+    vf y = splat(7.0376836292e-2f);
+    y = y * m - 1.1514610310e-1f;
+    y = y * m + 1.1676998740e-1f;
+    y = y * m - 1.2420140846e-1f;
+    y = y * m + 1.4249322787e-1f;
+    y = y * m - 1.6668057665e-1f;
+    y = y * m + 2.0000714765e-1f;
+    y = y * m - 2.4999993993e-1f;
+    y = y * m + 3.3333331174e-1f;
+    y = y * m * z;
+    y += fe * -2.12194440e-4f;
+    y += -0.5f * z;
+    vf res = m + y + fe * 0.693359375f;
+    res = select(x == __builtin_inff(), x, res);
+    res = select(x == 0.0f, splat(-__builtin_inff()), res);
+    res = select(x < 0.0f, splat(__builtin_nanf("")), res);
+    return select(x != x, x, res);
+  }
+
+  static inline vf tanh(vf x) {
+    vf ax = select(x < 0.0f, -x, x);
+    vf z = x * x;  // small |x|: odd polynomial, avoids cancellation near 0
+    vf p = splat(-5.70498872745e-3f);
+    p = p * z + 2.06390887954e-2f;
+    p = p * z - 5.37397155531e-2f;
+    p = p * z + 1.33314422036e-1f;
+    p = p * z - 3.33332819422e-1f;
+    vf small = p * z * x + x;
+    vf big = 1.0f - 2.0f / (exp(ax + ax) + 1.0f);
+    big = select(x < 0.0f, -big, big);
+    return select(ax < 0.625f, small, big);
+  }
+};
+
+}  // namespace o4r::cpu

@@ -1,0 +1,50 @@
+"""Backend registry: which implementations of the fused step exist and can run here.
+
+`reference` is pure JAX (runs everywhere). `cpu` is the C++ FFI library built by setup.py.
+GPU backends (`triton`, `cuda`) are added by their own modules when built.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+
+import jax
+
+KNOWN_BACKENDS = ("reference", "cpu", "triton", "cuda")
+
+
+@functools.cache
+def cpu_library():
+  """The compiled CPU extension with its FFI targets registered, or None if not built."""
+  try:
+    lib = importlib.import_module("optim4rl._cpu")
+  except ImportError:
+    return None
+  for name, capsule in lib.registrations().items():
+    jax.ffi.register_ffi_target(name, capsule, platform="cpu")
+  return lib
+
+
+def available_backends(platform: str | None = None) -> tuple[str, ...]:
+  platform = platform or jax.default_backend()
+  found = ["reference"]
+  if platform == "cpu" and cpu_library() is not None:
+    found.append("cpu")
+  return tuple(found)
+
+
+def resolve_backend(backend: str | None, platform: str | None = None) -> str:
+  """The backend to use: the explicit choice (validated) or the best one for the platform."""
+  platform = platform or jax.default_backend()
+  available = available_backends(platform)
+  if backend is None:
+    return "cpu" if "cpu" in available else "reference"
+  if backend not in KNOWN_BACKENDS:
+    raise ValueError(f"unknown backend {backend!r}; expected one of {KNOWN_BACKENDS}")
+  if backend not in available:
+    why = {
+        "cpu": ("the C++ library optim4rl._cpu is not built (pip install -e .)"
+                if cpu_library() is None else f"it runs on CPU, the platform is {platform}"),
+    }.get(backend, f"it is not available on platform {platform!r} in this build")
+    raise ValueError(f"backend {backend!r} cannot run here: {why}; available: {available}")
+  return backend
