@@ -6,6 +6,7 @@
 // flushed to double precision every kFlushBlocks blocks; per-thread partials are summed in
 // thread order, so results are deterministic for a given thread count.
 #include <omp.h>
+#include <xmmintrin.h>
 
 #include <algorithm>
 #include <cstring>
@@ -34,6 +35,16 @@ inline vf load(const float* x, int64_t n) {
 }
 inline void store(float* x, vf v, int64_t n) { std::memcpy(x, &v, sizeof(float) * n); }
 
+// Denormals flushed to zero on every worker thread, as XLA does on CPU: gradients and
+// activations near 1e-38 would otherwise hit the slow microcode path.
+class FlushDenormals {
+ public:
+  FlushDenormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | 0x8040); }  // FTZ | DAZ
+  ~FlushDenormals() { _mm_setcsr(saved_); }
+ private:
+  unsigned saved_;
+};
+
 struct Problem {  // one fused call: B independent (meta, g, h) triples of P parameters
   int64_t batch, params, blocks;  // blocks per batch entry
 };
@@ -44,7 +55,10 @@ void forward(const float* meta, const float* g, const float* h, float* dir, floa
   constexpr int R = hidden_rows<RULE>();
   constexpr int K = meta_size<RULE>();
   const int64_t total = pr.batch * pr.blocks;
-#pragma omp parallel for schedule(static) if (total >= kMinParallelBlocks)
+#pragma omp parallel if (total >= kMinParallelBlocks)
+  {
+  FlushDenormals ftz;
+#pragma omp for schedule(static)
   for (int64_t task = 0; task < total; ++task) {
     const int64_t b = task / pr.blocks, i0 = (task % pr.blocks) * W;
     const int64_t n = std::min<int64_t>(W, pr.params - i0);
@@ -55,6 +69,7 @@ void forward(const float* meta, const float* g, const float* h, float* dir, floa
     s.forward(meta + b * K, load(g + off, n), hv, hn, clip);
     store(dir + off, s.direction, n);
     for (int r = 0; r < R; ++r) store(h_new + hoff + r * pr.params, hn[r], n);
+  }
   }
 }
 
@@ -80,6 +95,7 @@ void backward(const float* meta, const float* g, const float* h, const float* d_
 
 #pragma omp parallel num_threads(threads)
   {
+    FlushDenormals ftz;
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     const int64_t lo = total * t / nt, hi = total * (t + 1) / nt;
     if (lo < hi) {

@@ -12,8 +12,12 @@
 
 #if defined(__CUDACC__)
 #define O4R_FN __host__ __device__ __forceinline__
+#define O4R_CONST __host__ __device__ constexpr
+#define O4R_UNROLL _Pragma("unroll")
 #else
 #define O4R_FN inline __attribute__((always_inline))
+#define O4R_CONST constexpr
+#define O4R_UNROLL  // GCC's own unrolling measured faster than forced full unrolling
 #endif
 
 namespace o4r {
@@ -68,18 +72,18 @@ template <class T, class M, int IN, int OUT>
 O4R_FN void net_forward(const float* __restrict__ p, NetTape<T, IN, OUT>& t) {
   using L = NetLayout<IN, OUT>;
   T gx[G], gh[G];
-#pragma unroll
+O4R_UNROLL
   for (int j = 0; j < G; ++j) {
     T ax = M::splat(p[L::bx + j]);
     T ah = M::splat(p[L::bh + j]);
-#pragma unroll
+O4R_UNROLL
     for (int i = 0; i < IN; ++i) ax += t.x[i] * p[L::wx + i * G + j];
-#pragma unroll
+O4R_UNROLL
     for (int k = 0; k < H; ++k) ah += t.h[k] * p[L::wh + k * G + j];
     gx[j] = ax;
     gh[j] = ah;
   }
-#pragma unroll
+O4R_UNROLL
   for (int j = 0; j < H; ++j) {
     t.r[j] = sigmoid<T, M>(gx[j] + gh[j]);
     t.z[j] = sigmoid<T, M>(gx[H + j] + gh[H + j]);
@@ -87,24 +91,24 @@ O4R_FN void net_forward(const float* __restrict__ p, NetTape<T, IN, OUT>& t) {
     t.n[j] = M::tanh(gx[2 * H + j] + t.r[j] * t.hn[j]);
     t.h_new[j] = (1.0f - t.z[j]) * t.n[j] + t.z[j] * t.h[j];
   }
-#pragma unroll
+O4R_UNROLL
   for (int j = 0; j < D1; ++j) {
     T a = M::splat(p[L::b1 + j]);
-#pragma unroll
+O4R_UNROLL
     for (int k = 0; k < H; ++k) a += t.h_new[k] * p[L::w1 + k * D1 + j];
     t.a1[j] = relu<T, M>(a);
   }
-#pragma unroll
+O4R_UNROLL
   for (int j = 0; j < D2; ++j) {
     T a = M::splat(p[L::b2 + j]);
-#pragma unroll
+O4R_UNROLL
     for (int k = 0; k < D1; ++k) a += t.a1[k] * p[L::w2 + k * D2 + j];
     t.a2[j] = relu<T, M>(a);
   }
-#pragma unroll
+O4R_UNROLL
   for (int o = 0; o < OUT; ++o) {
     T a = M::splat(p[L::b3 + o]);
-#pragma unroll
+O4R_UNROLL
     for (int k = 0; k < D2; ++k) a += t.a2[k] * p[L::w3 + k * OUT + o];
     t.out[o] = a;
   }
@@ -120,46 +124,46 @@ O4R_FN void net_backward(const float* __restrict__ p, int base, const NetTape<T,
                          const T* d_out, const T* d_h_new, T* d_h, Acc& acc) {
   using L = NetLayout<IN, OUT>;
   T d2[D2], d1[D1], dhn[H];
-#pragma unroll
+O4R_UNROLL
   for (int o = 0; o < OUT; ++o) acc(base + L::b3 + o, d_out[o]);
-#pragma unroll
+O4R_UNROLL
   for (int k = 0; k < D2; ++k) {
     T s = M::splat(0.0f);
-#pragma unroll
+O4R_UNROLL
     for (int o = 0; o < OUT; ++o) {
       s += d_out[o] * p[L::w3 + k * OUT + o];
       acc(base + L::w3 + k * OUT + o, t.a2[k] * d_out[o]);
     }
     d2[k] = M::select(t.a2[k] > 0.0f, s, M::splat(0.0f));
   }
-#pragma unroll
+O4R_UNROLL
   for (int k = 0; k < D1; ++k) {
     T s = M::splat(0.0f);
-#pragma unroll
+O4R_UNROLL
     for (int j = 0; j < D2; ++j) {
       s += d2[j] * p[L::w2 + k * D2 + j];
       acc(base + L::w2 + k * D2 + j, t.a1[k] * d2[j]);
     }
     d1[k] = M::select(t.a1[k] > 0.0f, s, M::splat(0.0f));
   }
-#pragma unroll
+O4R_UNROLL
   for (int j = 0; j < D2; ++j) acc(base + L::b2 + j, d2[j]);
-#pragma unroll
+O4R_UNROLL
   for (int k = 0; k < H; ++k) {
     T s = d_h_new[k];
-#pragma unroll
+O4R_UNROLL
     for (int j = 0; j < D1; ++j) {
       s += d1[j] * p[L::w1 + k * D1 + j];
       acc(base + L::w1 + k * D1 + j, t.h_new[k] * d1[j]);
     }
     dhn[k] = s;
   }
-#pragma unroll
+O4R_UNROLL
   for (int j = 0; j < D1; ++j) acc(base + L::b1 + j, d1[j]);
 
   // GRU: h' = (1 - z) n + z h, n = tanh(gx_n + r hn), r = sig(.), z = sig(.).
   T gpx[G], gph[G];  // cotangents of the x-side and h-side gate pre-activations
-#pragma unroll
+O4R_UNROLL
   for (int j = 0; j < H; ++j) {
     T dn = dhn[j] * (1.0f - t.z[j]);
     T dz = dhn[j] * (t.h[j] - t.n[j]);
@@ -174,17 +178,17 @@ O4R_FN void net_backward(const float* __restrict__ p, int base, const NetTape<T,
     gph[2 * H + j] = dn_pre * t.r[j];
     d_h[j] = dhn[j] * t.z[j];
   }
-#pragma unroll
+O4R_UNROLL
   for (int j = 0; j < G; ++j) {
     acc(base + L::bx + j, gpx[j]);
     acc(base + L::bh + j, gph[j]);
-#pragma unroll
+O4R_UNROLL
     for (int i = 0; i < IN; ++i) acc(base + L::wx + i * G + j, t.x[i] * gpx[j]);
   }
-#pragma unroll
+O4R_UNROLL
   for (int k = 0; k < H; ++k) {
     T s = d_h[k];
-#pragma unroll
+O4R_UNROLL
     for (int j = 0; j < G; ++j) {
       s += gph[j] * p[L::wh + k * G + j];
       acc(base + L::wh + k * G + j, t.h[k] * gph[j]);
@@ -215,10 +219,10 @@ template <> struct RuleNets<kLinearOptim> { using N1 = NetLayout<2, 3>; using N2
 template <> struct RuleNets<kL2LGD2> { using N1 = NetLayout<2, 1>; using N2 = NetLayout<1, 1>; static constexpr int kNets = 1; };
 
 template <int RULE>
-constexpr int hidden_rows() { return H * RuleNets<RULE>::kNets; }
+O4R_CONST int hidden_rows() { return H * RuleNets<RULE>::kNets; }
 
 template <int RULE>
-constexpr int meta_size() {
+O4R_CONST int meta_size() {
   return RuleNets<RULE>::N1::size + (RuleNets<RULE>::kNets == 2 ? RuleNets<RULE>::N2::size : 0);
 }
 
@@ -240,7 +244,7 @@ struct Step {
   O4R_FN void forward(const float* __restrict__ p, T g_in, const T* h, T* h_new, float clip) {
     Features<T, M> f(g_in, clip);
     g = f.g;
-#pragma unroll
+O4R_UNROLL
     for (int k = 0; k < H; ++k) t1.h[k] = h[k];
     if constexpr (RULE == kOptim4RL) {
       t1.x[0] = f.sign;
@@ -260,14 +264,14 @@ struct Step {
     }
     net_forward<T, M>(p, t1);
     if constexpr (RuleNets<RULE>::kNets == 2) {
-#pragma unroll
+O4R_UNROLL
       for (int k = 0; k < H; ++k) t2.h[k] = h[H + k];
       net_forward<T, M>(p + N1::size, t2);
     }
-#pragma unroll
+O4R_UNROLL
     for (int k = 0; k < H; ++k) h_new[k] = t1.h_new[k];
     if constexpr (RuleNets<RULE>::kNets == 2) {
-#pragma unroll
+O4R_UNROLL
       for (int k = 0; k < H; ++k) h_new[H + k] = t2.h_new[k];
     }
 

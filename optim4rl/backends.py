@@ -1,7 +1,7 @@
 """Backend registry: which implementations of the fused step exist and can run here.
 
-`reference` is pure JAX (runs everywhere). `cpu` is the C++ FFI library built by setup.py.
-GPU backends (`triton`, `cuda`) are added by their own modules when built.
+`reference` is pure JAX (runs everywhere). `cpu` and `cuda` are the C++/CUDA FFI libraries
+built by setup.py (`cuda` only where nvcc was found). `triton` comes with the GPU kernels.
 """
 from __future__ import annotations
 
@@ -25,11 +25,25 @@ def cpu_library():
   return lib
 
 
+@functools.cache
+def cuda_library():
+  """The compiled CUDA extension with its FFI targets registered, or None if not built."""
+  try:
+    lib = importlib.import_module("optim4rl._cuda")
+  except ImportError:
+    return None
+  for name, capsule in lib.registrations().items():
+    jax.ffi.register_ffi_target(name, capsule, platform="CUDA")
+  return lib
+
+
 def available_backends(platform: str | None = None) -> tuple[str, ...]:
   platform = platform or jax.default_backend()
   found = ["reference"]
   if platform == "cpu" and cpu_library() is not None:
     found.append("cpu")
+  if platform in ("gpu", "cuda") and cuda_library() is not None:
+    found.append("cuda")
   return tuple(found)
 
 
@@ -38,13 +52,18 @@ def resolve_backend(backend: str | None, platform: str | None = None) -> str:
   platform = platform or jax.default_backend()
   available = available_backends(platform)
   if backend is None:
-    return "cpu" if "cpu" in available else "reference"
+    for best in ("cpu", "cuda"):
+      if best in available:
+        return best
+    return "reference"
   if backend not in KNOWN_BACKENDS:
     raise ValueError(f"unknown backend {backend!r}; expected one of {KNOWN_BACKENDS}")
   if backend not in available:
     why = {
         "cpu": ("the C++ library optim4rl._cpu is not built (pip install -e .)"
                 if cpu_library() is None else f"it runs on CPU, the platform is {platform}"),
+        "cuda": ("the CUDA library optim4rl._cuda is not built (no nvcc at install time)"
+                 if cuda_library() is None else f"it runs on CUDA GPUs, the platform is {platform}"),
     }.get(backend, f"it is not available on platform {platform!r} in this build")
     raise ValueError(f"backend {backend!r} cannot run here: {why}; available: {available}")
   return backend

@@ -15,41 +15,48 @@ import jax.numpy as jnp
 import numpy as np
 
 from optim4rl import reference
-from optim4rl.backends import cpu_library
+from optim4rl.backends import cpu_library, cuda_library
 from optim4rl.rules import Rule, unflatten_meta
 
 
-def _ffi_forward(rule: Rule, clip: float, meta, g, h):
-  cpu_library()
+_KERNEL_BACKENDS = {"cpu": cpu_library, "cuda": cuda_library}
+
+
+def _target(backend: str, direction: str) -> str:
+  if _KERNEL_BACKENDS[backend]() is None:
+    raise ValueError(f"optim4rl: the {backend} library is not built")
+  return f"optim4rl_{backend}_{direction}"
+
+
+def _ffi_forward(backend: str, rule: Rule, clip: float, meta, g, h):
   call = jax.ffi.ffi_call(
-      "optim4rl_cpu_forward",
+      _target(backend, "forward"),
       (jax.ShapeDtypeStruct(g.shape, jnp.float32), jax.ShapeDtypeStruct(h.shape, jnp.float32)),
       vmap_method="broadcast_all")
   return call(meta, g, h, rule=np.int32(rule.kernel_id), clip=np.float32(clip))
 
 
-def _ffi_backward(rule: Rule, clip: float, meta, g, h, d_dir, d_h):
-  cpu_library()
+def _ffi_backward(backend: str, rule: Rule, clip: float, meta, g, h, d_dir, d_h):
   call = jax.ffi.ffi_call(
-      "optim4rl_cpu_backward",
+      _target(backend, "backward"),
       (jax.ShapeDtypeStruct(meta.shape, jnp.float32), jax.ShapeDtypeStruct(h.shape, jnp.float32)),
       vmap_method="broadcast_all")
   return call(meta, g, h, d_dir, d_h, rule=np.int32(rule.kernel_id), clip=np.float32(clip))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _kernel_step(rule: Rule, clip: float, meta, g, h):
-  return _ffi_forward(rule, clip, meta, g, h)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _kernel_step(backend: str, rule: Rule, clip: float, meta, g, h):
+  return _ffi_forward(backend, rule, clip, meta, g, h)
 
 
-def _kernel_step_fwd(rule, clip, meta, g, h):
-  return _ffi_forward(rule, clip, meta, g, h), (meta, g, h)
+def _kernel_step_fwd(backend, rule, clip, meta, g, h):
+  return _ffi_forward(backend, rule, clip, meta, g, h), (meta, g, h)
 
 
-def _kernel_step_bwd(rule, clip, residuals, cotangents):
+def _kernel_step_bwd(backend, rule, clip, residuals, cotangents):
   meta, g, h = residuals
   d_dir, d_h_new = cotangents
-  d_meta, d_h = _ffi_backward(rule, clip, meta, g, h, d_dir, d_h_new)
+  d_meta, d_h = _ffi_backward(backend, rule, clip, meta, g, h, d_dir, d_h_new)
   return d_meta, jnp.zeros_like(g), d_h
 
 
@@ -76,6 +83,6 @@ def fused_step(rule: Rule, meta_flat, g, h, *, clip: float = 1.0, backend: str =
   _check(rule, meta_flat, g, h)
   if backend == "reference":
     return reference.step(rule, unflatten_meta(meta_flat, rule), g, h, clip)
-  if backend == "cpu":
-    return _kernel_step(rule, float(clip), meta_flat, g, h)
+  if backend in _KERNEL_BACKENDS:
+    return _kernel_step(backend, rule, float(clip), meta_flat, g, h)
   raise ValueError(f"optim4rl: backend {backend!r} has no kernel in this build")
