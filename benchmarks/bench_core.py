@@ -1,0 +1,141 @@
+"""Throughput and memory of the fused learned-optimizer step (not a test).
+
+For each P and backend: forward params/s (one update of P parameters, hidden state
+included) and the meta path: grad w.r.t. the meta-parameters through M = 4 scanned updates
+of a quadratic inner loss, in parameter-steps/s, with the peak resident memory of a fresh
+process running it. optax.adam's update on the same P runs in the same session.
+
+  python benchmarks/bench_core.py [--sizes 1e5 1e6 4e6] [--out benchmarks/results/core.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+M_STEPS = 4
+
+
+def _time(fn, *args, min_time=1.0, max_reps=50):
+  import jax
+  jax.block_until_ready(fn(*args))  # compile and warm up
+  reps, start = 0, time.perf_counter()
+  while True:
+    jax.block_until_ready(fn(*args))
+    reps += 1
+    elapsed = time.perf_counter() - start
+    if elapsed >= min_time or reps >= max_reps:
+      return elapsed / reps
+
+
+def run_one(kind: str, backend: str, size: int) -> dict:
+  """One measurement in this process (called in a fresh subprocess for clean peak memory)."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+  import optim4rl
+
+  key = jax.random.key(0)
+  g = (jax.random.normal(key, (size,)) * 1e-3).astype(jnp.float32)
+  if backend == "optax.adam":
+    tx = optax.adam(1e-3)
+    state = tx.init(g)
+    seconds = _time(jax.jit(tx.update), g, state)
+    return {"seconds": seconds, "rate": size / seconds}
+  meta = optim4rl.init_meta_params(key, "optim4rl")
+  if kind == "forward":
+    tx = optim4rl.optim4rl(meta, 1e-3, backend=backend)
+    state = tx.init(g)
+    seconds = _time(jax.jit(tx.update), g, state)
+    return {"seconds": seconds, "rate": size / seconds}
+  target = jnp.linspace(-1.0, 1.0, size, dtype=jnp.float32)
+
+  def meta_loss(meta):
+    tx = optim4rl.optim4rl(meta, 1e-2, backend=backend)
+    inner = lambda p: 0.5 * jnp.sum(jnp.square(p - target))
+
+    def body(carry, _):
+      p, s = carry
+      u, s = tx.update(jax.grad(inner)(p), s)
+      return (p + u, s), None
+    p0 = jnp.zeros_like(target)
+    (p, _), _ = jax.lax.scan(body, (p0, tx.init(p0)), None, length=M_STEPS)
+    return inner(p)
+  seconds = _time(jax.jit(jax.grad(meta_loss)), meta, min_time=2.0, max_reps=5)
+  peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return {"seconds": seconds, "rate": M_STEPS * size / seconds, "peak_rss_gb": peak_kib / 2**20}
+
+
+def machine_info() -> dict:
+  import jax
+  import jaxlib
+  import optax
+  cpu = "unknown"
+  if os.path.exists("/proc/cpuinfo"):
+    for line in open("/proc/cpuinfo"):
+      if line.startswith("model name"):
+        cpu = line.split(":", 1)[1].strip()
+        break
+  return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(),
+          "device": str(jax.devices()[0]), "platform": jax.default_backend(),
+          "python": platform.python_version(), "jax": jax.__version__,
+          "jaxlib": jaxlib.__version__, "optax": optax.__version__,
+          "omp_threads": os.environ.get("OMP_NUM_THREADS", "default")}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--sizes", nargs="+", type=float, default=[1e5, 1e6, 4e6])
+  parser.add_argument("--backends", nargs="+", default=["reference", "cpu"])
+  parser.add_argument("--out", default="benchmarks/results/core_cpu.json")
+  parser.add_argument("--one", nargs=3, metavar=("KIND", "BACKEND", "P"), help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.one:
+    print(json.dumps(run_one(args.one[0], args.one[1], int(args.one[2]))))
+    return
+
+  rows = []
+  for size in map(int, args.sizes):
+    jobs = [("forward", b) for b in args.backends] + [("forward", "optax.adam")]
+    jobs += [("meta", b) for b in args.backends]
+    for kind, backend in jobs:
+      out = subprocess.run([sys.executable, __file__, "--one", kind, backend, str(size)],
+                           capture_output=True, text=True)
+      if out.returncode != 0:  # e.g. killed for memory: record it, keep going
+        rows.append({"kind": kind, "backend": backend, "P": size, "rate": float("nan"),
+                     "error": f"exit {out.returncode}: {out.stderr[-500:]}"})
+        print(f"{kind:8s} {backend:11s} P={size:>9,d}  failed (exit {out.returncode})", flush=True)
+        continue
+      row = {"kind": kind, "backend": backend, "P": size, **json.loads(out.stdout.splitlines()[-1])}
+      rows.append(row)
+      print(f"{kind:8s} {backend:11s} P={size:>9,d}  {row['rate'] / 1e6:10.2f} M/s"
+            + (f"  peak {row['peak_rss_gb']:.2f} GB" if "peak_rss_gb" in row else ""), flush=True)
+
+  def rate(kind, backend, size):
+    return next(r["rate"] for r in rows if (r["kind"], r["backend"], r["P"]) == (kind, backend, size))
+  ratios = []
+  for size in map(int, args.sizes):
+    if "cpu" in args.backends and "reference" in args.backends:
+      ratios.append({"P": size,
+                     "forward_cpu_over_reference": rate("forward", "cpu", size) / rate("forward", "reference", size),
+                     "forward_cpu_over_adam": rate("forward", "cpu", size) / rate("forward", "optax.adam", size),
+                     "meta_cpu_over_reference": rate("meta", "cpu", size) / rate("meta", "reference", size)})
+  print("\nP          fwd cpu/ref   fwd cpu/adam   meta cpu/ref")
+  for r in ratios:
+    print(f"{r['P']:<10,d} {r['forward_cpu_over_reference']:11.1f}x {r['forward_cpu_over_adam']:13.3f}"
+          f" {r['meta_cpu_over_reference']:13.1f}x")
+  os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump({"benchmark": "core", "units": {"forward": "params/s", "meta": "param-steps/s "
+               f"(grad w.r.t. meta through {M_STEPS} scanned updates)"},
+               "machine": machine_info(), "rows": rows, "ratios": ratios}, f, indent=1)
+  print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()
