@@ -15,6 +15,7 @@
 #include <pybind11/pybind11.h>
 
 #include "cpu_simd.h"
+#include "ffi_common.h"
 #include "optim4rl_math.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -154,40 +155,11 @@ void backward(const float* meta, const float* g, const float* h, const float* d_
   for (int64_t k = 0; k < pr.batch * K; ++k) d_meta[k] = static_cast<float>(sum[k]);
 }
 
-int meta_size_of(int rule) {
-  switch (rule) {
-    case kOptim4RL: return meta_size<kOptim4RL>();
-    case kOptim4RLPublic: return meta_size<kOptim4RLPublic>();
-    case kLinearOptim: return meta_size<kLinearOptim>();
-    case kL2LGD2: return meta_size<kL2LGD2>();
-  }
-  return -1;
-}
-
-int hidden_rows_of(int rule) {
-  switch (rule) {
-    case kOptim4RL: return hidden_rows<kOptim4RL>();
-    case kOptim4RLPublic: return hidden_rows<kOptim4RLPublic>();
-    case kLinearOptim: return hidden_rows<kLinearOptim>();
-    case kL2LGD2: return hidden_rows<kL2LGD2>();
-  }
-  return -1;
-}
-
-// Validates buffer sizes against the rule and derives (batch, params). Leading dimensions
-// of every operand are batch dimensions (vmap with broadcast_all).
 ffi::Error describe(int rule, ffi::AnyBuffer::Dimensions g_dims, size_t meta_n, size_t g_n,
                     size_t h_n, Problem* pr) {
-  const int K = meta_size_of(rule), R = hidden_rows_of(rule);
-  if (K < 0) return ffi::Error::InvalidArgument("optim4rl: unknown rule id");
-  if (g_dims.size() < 1) return ffi::Error::InvalidArgument("optim4rl: gradients must be rank >= 1");
-  const int64_t P = g_dims.back();
-  if (meta_n % K != 0)
-    return ffi::Error::InvalidArgument("optim4rl: meta-parameter size does not match the rule");
-  const int64_t B = meta_n / K;
-  if (static_cast<int64_t>(g_n) != B * P || static_cast<int64_t>(h_n) != B * R * P)
-    return ffi::Error::InvalidArgument("optim4rl: gradient/hidden-state sizes do not match");
-  *pr = Problem{B, P, (P + W - 1) / W};
+  CallShape shape;
+  if (auto e = validate_call(rule, g_dims, meta_n, g_n, h_n, &shape); e.failure()) return e;
+  *pr = Problem{shape.batch, shape.params, (shape.params + W - 1) / W};
   return ffi::Error::Success();
 }
 
@@ -199,16 +171,10 @@ ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> meta, ffi::Buffer<ffi::F32> g,
                         h.element_count(), &pr); e.failure())
     return e;
   if (pr.params == 0) return ffi::Error::Success();
-  auto run = [&](auto rule_tag) {
-    forward<decltype(rule_tag)::value>(meta.typed_data(), g.typed_data(), h.typed_data(),
-                                       dir->typed_data(), h_new->typed_data(), pr, clip);
-  };
-  switch (rule) {
-    case kOptim4RL: run(std::integral_constant<int, kOptim4RL>{}); break;
-    case kOptim4RLPublic: run(std::integral_constant<int, kOptim4RLPublic>{}); break;
-    case kLinearOptim: run(std::integral_constant<int, kLinearOptim>{}); break;
-    case kL2LGD2: run(std::integral_constant<int, kL2LGD2>{}); break;
-  }
+  dispatch_rule(rule, [&](auto tag) {
+    forward<decltype(tag)::value>(meta.typed_data(), g.typed_data(), h.typed_data(),
+                                  dir->typed_data(), h_new->typed_data(), pr, clip);
+  });
   return ffi::Error::Success();
 }
 
@@ -226,17 +192,11 @@ ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> meta, ffi::Buffer<ffi::F32> g,
     std::fill_n(d_meta->typed_data(), d_meta->element_count(), 0.0f);
     return ffi::Error::Success();
   }
-  auto run = [&](auto rule_tag) {
-    backward<decltype(rule_tag)::value>(meta.typed_data(), g.typed_data(), h.typed_data(),
-                                        d_dir.typed_data(), d_h_new.typed_data(),
-                                        d_meta->typed_data(), d_h->typed_data(), pr, clip);
-  };
-  switch (rule) {
-    case kOptim4RL: run(std::integral_constant<int, kOptim4RL>{}); break;
-    case kOptim4RLPublic: run(std::integral_constant<int, kOptim4RLPublic>{}); break;
-    case kLinearOptim: run(std::integral_constant<int, kLinearOptim>{}); break;
-    case kL2LGD2: run(std::integral_constant<int, kL2LGD2>{}); break;
-  }
+  dispatch_rule(rule, [&](auto tag) {
+    backward<decltype(tag)::value>(meta.typed_data(), g.typed_data(), h.typed_data(),
+                                   d_dir.typed_data(), d_h_new.typed_data(),
+                                   d_meta->typed_data(), d_h->typed_data(), pr, clip);
+  });
   return ffi::Error::Success();
 }
 
@@ -273,7 +233,7 @@ PYBIND11_MODULE(_cpu, m) {
     d["optim4rl_cpu_backward"] = py::capsule(reinterpret_cast<void*>(Optim4rlCpuBackward));
     return d;
   });
-  m.def("meta_size", &o4r::cpu::meta_size_of, "flat meta-parameter count of a rule id");
-  m.def("hidden_rows", &o4r::cpu::hidden_rows_of, "hidden-state rows of a rule id");
+  m.def("meta_size", &o4r::meta_size_of, "flat meta-parameter count of a rule id");
+  m.def("hidden_rows", &o4r::hidden_rows_of, "hidden-state rows of a rule id");
   m.def("num_threads", []() { return omp_get_max_threads(); });
 }

@@ -39,13 +39,8 @@ struct VecMath {
 
   static inline vf pow2i(vi k) { return (vf)((k + 127) << 23); }  // 2^k, -126 <= k <= 127
 
-  static inline vf exp(vf x) {
-#if defined(__AVX512F__)
-    // exp(x) = 2^k e^r, |r| <= ln2 / 2; vscalefps applies 2^k with IEEE overflow/underflow.
-    vf xc = select(x > 89.0f, splat(89.0f), x);
-    xc = select(xc < -104.0f, splat(-104.0f), xc);  // NaN passes both
-    vf k = (vf)_mm512_roundscale_ps((__m512)(xc * 1.44269504088896341f), _MM_FROUND_TO_NEAREST_INT);
-    vf r = xc - k * 0.693359375f + k * 2.12194440e-4f;
+  // e^r for |r| <= ln2 / 2 (Cephes expf polynomial).
+  static inline vf exp_reduced(vf r) {
     vf y = splat(1.9875691500e-4f);
     y = y * r + 1.3981999507e-3f;
     y = y * r + 8.3334519073e-3f;
@@ -53,6 +48,17 @@ struct VecMath {
     y = y * r + 1.6666665459e-1f;
     y = y * r + 5.0000001201e-1f;
     y = y * r * r + r + 1.0f;
+    return y;
+  }
+
+  static inline vf exp(vf x) {
+#if defined(__AVX512F__)
+    // exp(x) = 2^k e^r, |r| <= ln2 / 2; vscalefps applies 2^k with IEEE overflow/underflow.
+    vf xc = select(x > 89.0f, splat(89.0f), x);
+    xc = select(xc < -104.0f, splat(-104.0f), xc);  // NaN passes both
+    vf k = (vf)_mm512_roundscale_ps((__m512)(xc * 1.44269504088896341f), _MM_FROUND_TO_NEAREST_INT);
+    vf r = xc - k * 0.693359375f + k * 2.12194440e-4f;
+    vf y = exp_reduced(r);
     return (vf)_mm512_scalef_ps((__m512)y, (__m512)k);
 #else
     // exp(x) = 2^k e^r, |r| <= ln2 / 2; 2^k applied in two halves so k = 128 cannot overflow.
@@ -63,13 +69,7 @@ struct VecMath {
     k += (__builtin_convertvector(k, vf) > kf);  // truncation -> floor (true is -1)
     vf fk = __builtin_convertvector(k, vf);
     vf r = xc - fk * 0.693359375f + fk * 2.12194440e-4f;
-    vf y = splat(1.9875691500e-4f);
-    y = y * r + 1.3981999507e-3f;
-    y = y * r + 8.3334519073e-3f;
-    y = y * r + 4.1665795894e-2f;
-    y = y * r + 1.6666665459e-1f;
-    y = y * r + 5.0000001201e-1f;
-    y = y * r * r + r + 1.0f;
+    vf y = exp_reduced(r);
     vi k1 = k >> 1;
     vf res = y * pow2i(k1) * pow2i(k - k1);
     res = select(x > 88.7228f, splat(__builtin_inff()), res);

@@ -13,6 +13,7 @@
 
 #include <pybind11/pybind11.h>
 
+#include "ffi_common.h"
 #include "optim4rl_math.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -121,26 +122,6 @@ __global__ void reduce_blocks_kernel(const float* __restrict__ block_partials, f
   d_meta[b * K + k] = sum;
 }
 
-int meta_size_of(int rule) {
-  switch (rule) {
-    case kOptim4RL: return meta_size<kOptim4RL>();
-    case kOptim4RLPublic: return meta_size<kOptim4RLPublic>();
-    case kLinearOptim: return meta_size<kLinearOptim>();
-    case kL2LGD2: return meta_size<kL2LGD2>();
-  }
-  return -1;
-}
-
-int hidden_rows_of(int rule) {
-  switch (rule) {
-    case kOptim4RL: return hidden_rows<kOptim4RL>();
-    case kOptim4RLPublic: return hidden_rows<kOptim4RLPublic>();
-    case kLinearOptim: return hidden_rows<kLinearOptim>();
-    case kL2LGD2: return hidden_rows<kL2LGD2>();
-  }
-  return -1;
-}
-
 struct Problem {
   int64_t batch, params;
   int blocks;  // blocks per batch entry
@@ -148,18 +129,12 @@ struct Problem {
 
 ffi::Error describe(int rule, ffi::AnyBuffer::Dimensions g_dims, size_t meta_n, size_t g_n,
                     size_t h_n, int threads, Problem* pr) {
-  const int K = meta_size_of(rule), R = hidden_rows_of(rule);
-  if (K < 0) return ffi::Error::InvalidArgument("optim4rl: unknown rule id");
-  if (g_dims.size() < 1) return ffi::Error::InvalidArgument("optim4rl: gradients must be rank >= 1");
-  const int64_t P = g_dims.back();
-  if (meta_n % K != 0)
-    return ffi::Error::InvalidArgument("optim4rl: meta-parameter size does not match the rule");
-  const int64_t B = meta_n / K;
-  if (static_cast<int64_t>(g_n) != B * P || static_cast<int64_t>(h_n) != B * R * P)
-    return ffi::Error::InvalidArgument("optim4rl: gradient/hidden-state sizes do not match");
-  if (B > 65535) return ffi::Error::InvalidArgument("optim4rl: at most 65535 batch entries on CUDA");
-  const int64_t needed = (P + threads - 1) / threads;
-  *pr = Problem{B, P, static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(needed, kMaxBlocksPerBatch)))};
+  CallShape shape;
+  if (auto e = validate_call(rule, g_dims, meta_n, g_n, h_n, &shape); e.failure()) return e;
+  if (shape.batch > 65535) return ffi::Error::InvalidArgument("optim4rl: at most 65535 batch entries on CUDA");
+  const int64_t needed = (shape.params + threads - 1) / threads;
+  *pr = Problem{shape.batch, shape.params,
+                static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(needed, kMaxBlocksPerBatch)))};
   return ffi::Error::Success();
 }
 
@@ -167,16 +142,6 @@ ffi::Error launch_error() {
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return ffi::Error::Internal(std::string("optim4rl CUDA: ") + cudaGetErrorString(err));
   return ffi::Error::Success();
-}
-
-template <class F>
-void dispatch(int rule, F&& f) {
-  switch (rule) {
-    case kOptim4RL: f(std::integral_constant<int, kOptim4RL>{}); break;
-    case kOptim4RLPublic: f(std::integral_constant<int, kOptim4RLPublic>{}); break;
-    case kLinearOptim: f(std::integral_constant<int, kLinearOptim>{}); break;
-    case kL2LGD2: f(std::integral_constant<int, kL2LGD2>{}); break;
-  }
 }
 
 ffi::Error ForwardImpl(cudaStream_t stream, ffi::Buffer<ffi::F32> meta, ffi::Buffer<ffi::F32> g,
@@ -187,7 +152,7 @@ ffi::Error ForwardImpl(cudaStream_t stream, ffi::Buffer<ffi::F32> meta, ffi::Buf
                         h.element_count(), kForwardThreads, &pr); e.failure())
     return e;
   if (pr.params == 0) return ffi::Error::Success();
-  dispatch(rule, [&](auto tag) {
+  dispatch_rule(rule, [&](auto tag) {
     dim3 grid(pr.blocks, pr.batch);
     forward_kernel<decltype(tag)::value><<<grid, kForwardThreads, 0, stream>>>(
         meta.typed_data(), g.typed_data(), h.typed_data(), dir->typed_data(),
@@ -215,7 +180,7 @@ ffi::Error BackwardImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
   auto partials = scratch.Allocate(sizeof(float) * pr.batch * pr.blocks * K, 16);
   if (!partials.has_value()) return ffi::Error::Internal("optim4rl CUDA: scratch allocation failed");
   float* block_partials = static_cast<float*>(*partials);
-  dispatch(rule, [&](auto tag) {
+  dispatch_rule(rule, [&](auto tag) {
     dim3 grid(pr.blocks, pr.batch);
     const size_t shared = sizeof(float) * (1 + kWarps) * K;
     backward_kernel<decltype(tag)::value><<<grid, kBackwardThreads, shared, stream>>>(
@@ -263,6 +228,6 @@ PYBIND11_MODULE(_cuda, m) {
     d["optim4rl_cuda_backward"] = py::capsule(reinterpret_cast<void*>(Optim4rlCudaBackward));
     return d;
   });
-  m.def("meta_size", &o4r::cuda::meta_size_of, "flat meta-parameter count of a rule id");
-  m.def("hidden_rows", &o4r::cuda::hidden_rows_of, "hidden-state rows of a rule id");
+  m.def("meta_size", &o4r::meta_size_of, "flat meta-parameter count of a rule id");
+  m.def("hidden_rows", &o4r::hidden_rows_of, "hidden-state rows of a rule id");
 }

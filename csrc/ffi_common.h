@@ -1,0 +1,57 @@
+// Host-side glue shared by the CPU and CUDA FFI handlers: rule dispatch and validation of
+// buffer sizes. Leading dimensions of every operand are batch dimensions (vmap uses
+// broadcast_all), so a call is `batch` independent (meta, g, h) triples of `params` each.
+#pragma once
+#include <cstdint>
+#include <type_traits>
+
+#include "optim4rl_math.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace o4r {
+
+// Calls f(std::integral_constant<int, RULE>) for a runtime rule id; false if unknown.
+template <class F>
+bool dispatch_rule(int rule, F&& f) {
+  switch (rule) {
+    case kOptim4RL: f(std::integral_constant<int, kOptim4RL>{}); return true;
+    case kOptim4RLPublic: f(std::integral_constant<int, kOptim4RLPublic>{}); return true;
+    case kLinearOptim: f(std::integral_constant<int, kLinearOptim>{}); return true;
+    case kL2LGD2: f(std::integral_constant<int, kL2LGD2>{}); return true;
+  }
+  return false;
+}
+
+inline int meta_size_of(int rule) {
+  int size = -1;
+  dispatch_rule(rule, [&](auto tag) { size = meta_size<decltype(tag)::value>(); });
+  return size;
+}
+
+inline int hidden_rows_of(int rule) {
+  int rows = -1;
+  dispatch_rule(rule, [&](auto tag) { rows = hidden_rows<decltype(tag)::value>(); });
+  return rows;
+}
+
+struct CallShape {
+  int64_t batch, params;
+};
+
+inline xla::ffi::Error validate_call(int rule, xla::ffi::AnyBuffer::Dimensions g_dims,
+                                     size_t meta_n, size_t g_n, size_t h_n, CallShape* shape) {
+  using xla::ffi::Error;
+  const int K = meta_size_of(rule), R = hidden_rows_of(rule);
+  if (K < 0) return Error::InvalidArgument("optim4rl: unknown rule id");
+  if (g_dims.size() < 1) return Error::InvalidArgument("optim4rl: gradients must be rank >= 1");
+  const int64_t P = g_dims.back();
+  if (meta_n % K != 0)
+    return Error::InvalidArgument("optim4rl: meta-parameter size does not match the rule");
+  const int64_t B = meta_n / K;
+  if (static_cast<int64_t>(g_n) != B * P || static_cast<int64_t>(h_n) != B * R * P)
+    return Error::InvalidArgument("optim4rl: gradient/hidden-state sizes do not match");
+  *shape = CallShape{B, P};
+  return Error::Success();
+}
+
+}  // namespace o4r
