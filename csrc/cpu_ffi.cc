@@ -204,26 +204,10 @@ ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> meta, ffi::Buffer<ffi::F32> g,
 }  // namespace o4r::cpu
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(Optim4rlCpuForward, o4r::cpu::ForwardImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int32_t>("rule")
-                                  .Attr<float>("clip"));
+                              o4r::call_signature<3>(ffi::Ffi::Bind()));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(Optim4rlCpuBackward, o4r::cpu::BackwardImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int32_t>("rule")
-                                  .Attr<float>("clip"));
+                              o4r::call_signature<5>(ffi::Ffi::Bind()));
 
 PYBIND11_MODULE(_cpu, m) {
   m.doc() = "optim4rl CPU backend: XLA FFI handlers";

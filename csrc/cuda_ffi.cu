@@ -196,29 +196,12 @@ ffi::Error BackwardImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
 }  // namespace o4r::cuda
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(Optim4rlCudaForward, o4r::cuda::ForwardImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int32_t>("rule")
-                                  .Attr<float>("clip"));
+                              o4r::call_signature<3>(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>()));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(Optim4rlCudaBackward, o4r::cuda::BackwardImpl,
-                              ffi::Ffi::Bind()
+                              o4r::call_signature<5>(ffi::Ffi::Bind()
                                   .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Ctx<ffi::ScratchAllocator>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int32_t>("rule")
-                                  .Attr<float>("clip"));
+                                  .Ctx<ffi::ScratchAllocator>()));
 
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "optim4rl CUDA backend: XLA FFI handlers (platform CUDA)";

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 #include "optim4rl_math.h"
 #include "xla/ffi/api/ffi.h"
@@ -52,6 +53,25 @@ inline xla::ffi::Error validate_call(int rule, xla::ffi::AnyBuffer::Dimensions g
     return Error::InvalidArgument("optim4rl: gradient/hidden-state sizes do not match");
   *shape = CallShape{B, P};
   return Error::Success();
+}
+
+// Both calls take kArgs float32 buffers and return two, with attributes rule (int32) and
+// clip (float32), identically on every platform (optim4rl/fused.py makes them):
+// forward (meta, g, h) -> (direction, h_new): kArgs = 3; backward (meta, g, h, d_direction,
+// d_h_new) -> (d_meta, d_h): kArgs = 5. `binding` carries the platform's context arguments.
+template <int kArgs, class Binding>
+auto call_signature(Binding binding) {
+  using xla::ffi::Buffer;
+  using xla::ffi::F32;
+  if constexpr (kArgs > 0) {
+    return call_signature<kArgs - 1>(std::move(binding).template Arg<Buffer<F32>>());
+  } else {
+    return std::move(binding)
+        .template Ret<Buffer<F32>>()
+        .template Ret<Buffer<F32>>()
+        .template Attr<int32_t>("rule")
+        .template Attr<float>("clip");
+  }
 }
 
 }  // namespace o4r

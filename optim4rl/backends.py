@@ -13,28 +13,27 @@ import jax
 KNOWN_BACKENDS = ("reference", "cpu", "triton", "cuda")
 
 
-@functools.cache
-def cpu_library():
-  """The compiled CPU extension with its FFI targets registered, or None if not built."""
+def _load(module: str, platform: str):
+  """Import a compiled extension and register its FFI targets; None if it was not built."""
   try:
-    lib = importlib.import_module("optim4rl._cpu")
+    lib = importlib.import_module(module)
   except ImportError:
     return None
   for name, capsule in lib.registrations().items():
-    jax.ffi.register_ffi_target(name, capsule, platform="cpu")
+    jax.ffi.register_ffi_target(name, capsule, platform=platform)
   return lib
+
+
+@functools.cache
+def cpu_library():
+  """The compiled CPU extension with its FFI targets registered, or None if not built."""
+  return _load("optim4rl._cpu", "cpu")
 
 
 @functools.cache
 def cuda_library():
   """The compiled CUDA extension with its FFI targets registered, or None if not built."""
-  try:
-    lib = importlib.import_module("optim4rl._cuda")
-  except ImportError:
-    return None
-  for name, capsule in lib.registrations().items():
-    jax.ffi.register_ffi_target(name, capsule, platform="CUDA")
-  return lib
+  return _load("optim4rl._cuda", "CUDA")
 
 
 def available_backends(platform: str | None = None) -> tuple[str, ...]:
