@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -155,8 +156,10 @@ def save_meta_params(path: str, meta, rule: str | Rule) -> None:
   arrays = {f"{n}/{g}/{leaf}": np.asarray(meta[n][g][leaf])
             for n in spec.net_names for g, leaf in NET_LEAVES}
   header = json.dumps({"format": "optim4rl-meta", "version": 1, "rule": spec.name})
-  with open(path, "wb") as f:
+  tmp = f"{path}.tmp"
+  with open(tmp, "wb") as f:  # write then rename: a killed run never leaves a torn file
     np.savez(f, __header__=np.frombuffer(header.encode(), np.uint8), **arrays)
+  os.replace(tmp, path)
 
 
 def load_meta_params(path: str) -> tuple[dict, str]:

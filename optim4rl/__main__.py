@@ -1,0 +1,5 @@
+import sys
+
+from optim4rl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Agents trained with (learned) optimizers: A2C for the gridworlds."""

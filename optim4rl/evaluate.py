@@ -1,0 +1,117 @@
+"""Evaluation: train fresh A2C agents with fixed optimizers over several seeds and compare.
+
+Optimizers are named by specs: "adam", "rmsprop", "sgd" (optax, with the elementwise gradient
+clip of 1 used in the paper's configs), or "RULE:PATH" for a learned optimizer whose
+meta-parameters were saved to PATH (RULE is optim4rl, optim4rl_public, linear_optim, l2lgd2;
+"learned:PATH" takes the rule stored in the file). Results: final return mean +- standard
+error over seeds (the mean over the last tenth of training), CSV logs and a PNG of the curves.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import numpy as np
+import optax
+
+from optim4rl.envs import gridworld as gw
+from optim4rl.rules import RULES, load_meta_params
+from optim4rl.train import Curve, train
+from optim4rl.transform import learned_optimizer
+
+CLASSICAL = {"adam": optax.adam, "rmsprop": optax.rmsprop, "sgd": optax.sgd}
+
+
+def default_learning_rate(world_name: str) -> float:
+  """Agent learning rates of Appendix C.3: 1e-2 for the small worlds, 3e-3 for the big."""
+  return 3e-3 if gw.make(world_name).is_big else 1e-2
+
+
+def make_optimizer(spec: str, learning_rate: float, *, clip: float = 1.0,
+                   backend: str | None = None) -> optax.GradientTransformation:
+  """The optax optimizer a spec names (see the module docstring); clear errors otherwise."""
+  name, _, path = spec.partition(":")
+  if name in CLASSICAL and not path:
+    return optax.chain(optax.clip(clip), CLASSICAL[name](learning_rate))
+  if name in RULES or name == "learned":
+    if not path:
+      raise ValueError(f"optimizer {spec!r}: a learned optimizer needs its meta-parameter file, "
+                       f"e.g. {name}:runs/sds/meta.npz")
+    meta, rule = load_meta_params(path)
+    if name != "learned" and rule != name:
+      raise ValueError(f"optimizer {spec!r}: {path} holds meta-parameters of rule {rule!r}")
+    return learned_optimizer(meta, rule=rule, learning_rate=learning_rate, clip=clip,
+                             backend=backend)
+  raise ValueError(f"unknown optimizer {spec!r}; expected one of {sorted(CLASSICAL)} or "
+                   f"RULE:PATH with RULE in {sorted(RULES)} or 'learned'")
+
+
+class Result(NamedTuple):
+  label: str
+  curve: Curve
+  final: np.ndarray  # (seeds,) mean return over the last tenth of training
+
+  @property
+  def mean(self) -> float:
+    return float(np.mean(self.final))
+
+  @property
+  def stderr(self) -> float:
+    n = len(self.final)
+    return float(np.std(self.final, ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+
+
+def final_returns(curve: Curve) -> np.ndarray:
+  tail = max(1, curve.returns.shape[1] // 10)
+  return np.nanmean(curve.returns[:, -tail:], axis=1)
+
+
+def evaluate(world: gw.World, specs: dict[str, tuple[str, float]], *, seeds: int, steps: int,
+             num_envs: int = 512, chunks: int = 50, backend: str | None = None,
+             progress: Callable[[str], Callable[[int, int, float], None]] | None = None
+             ) -> list[Result]:
+  """Train `seeds` fresh agents per optimizer; specs: label -> (optimizer spec, lr)."""
+  results = []
+  for label, (spec, lr) in specs.items():
+    tx = make_optimizer(spec, lr, backend=backend)
+    curve = train(world, tx, steps=steps, num_envs=num_envs, seeds=range(seeds), chunks=chunks,
+                  progress=progress(label) if progress else None)
+    results.append(Result(label, curve, final_returns(curve)))
+  return results
+
+
+def table(results: list[Result]) -> str:
+  width = max(len(r.label) for r in results)
+  lines = [f"{'optimizer':<{width}}  final return (mean +- s.e., {len(results[0].final)} seeds)"]
+  lines += [f"{r.label:<{width}}  {r.mean:8.3f} +- {r.stderr:.3f}" for r in results]
+  return "\n".join(lines)
+
+
+def write_csv(results: list[Result], path: Path):
+  with open(path, "w", newline="") as f:
+    out = csv.writer(f)
+    out.writerow(["optimizer", "seed", "env_steps", "return"])
+    for r in results:
+      for seed, returns in enumerate(r.curve.returns):
+        for steps, ret in zip(r.curve.steps, returns):
+          out.writerow([r.label, seed, int(steps), f"{ret:.6g}"])
+
+
+def plot(results: list[Result], path: Path, title: str):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for r in results:
+    mean = np.nanmean(r.curve.returns, axis=0)
+    err = np.nanstd(r.curve.returns, axis=0) / np.sqrt(r.curve.returns.shape[0])
+    ax.plot(r.curve.steps, mean, label=r.label)
+    ax.fill_between(r.curve.steps, mean - err, mean + err, alpha=0.25)
+  ax.set_xlabel("environment steps")
+  ax.set_ylabel("episode return")
+  ax.set_title(title)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

@@ -1,0 +1,136 @@
+"""Meta-training a learned optimizer on A2C in gridworlds (Sections 2.2 and 5, Appendix C).
+
+n training units, each with its own agent, worlds and optimizer state, run under vmap. One
+iteration per task: units due for a reset are reset (pipeline training: unit i resets when
+t mod m == r_i, offsets r_i evenly spaced over [0, m-1]); each unit takes M inner A2C updates
+with the learned optimizer, then the outer loss is the actor loss on its next rollout; the
+meta-gradient is averaged over units (and over tasks), and Adam updates the meta-parameters.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optim4rl.agents import a2c
+from optim4rl.envs import gridworld as gw
+from optim4rl.rules import get_rule
+from optim4rl.transform import LearnedOptimizerState, init_state, learned_update
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaConfig:
+  worlds: tuple[str, ...] = ("small_dense_short",)
+  agent_lrs: tuple[float, ...] = (1e-2,)  # agent learning rate, one per world
+  rule: str = "optim4rl"
+  units: int = 512               # training units n per world
+  envs_per_unit: int = 1         # worlds each unit's agent acts in
+  reset_interval: int = 256      # m, in iterations
+  inner_updates: int = 4         # M
+  iterations: int = 1000
+  meta_lr: float = 1e-3
+  meta_grad_clip: float = 1.0    # clip of the meta-gradient's global norm (<= 0: none)
+  max_norm: float = -1.0         # > 0: rescale each task's meta-gradient to this norm
+  reward_scale: str = "auto"     # "auto": the paper's scales when several worlds, else 1
+  clip: float = 1.0              # gradient clip c of the learned optimizer
+  seed: int = 0
+  backend: str | None = None
+
+  def __post_init__(self):
+    if not self.worlds:
+      raise ValueError("meta-training needs at least one world")
+    for name in self.worlds:
+      gw.make(name)  # raises a clear error for unknown worlds
+    if len(self.agent_lrs) not in (1, len(self.worlds)):
+      raise ValueError(f"give one agent learning rate or one per world ({len(self.worlds)}), "
+                       f"got {len(self.agent_lrs)}")
+    get_rule(self.rule)
+    for field in ("units", "envs_per_unit", "reset_interval", "inner_updates", "iterations"):
+      if getattr(self, field) < 1:
+        raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
+
+  def world(self, i: int) -> gw.World:
+    scale = self.reward_scale
+    if scale == "auto":
+      scale = "paper" if len(self.worlds) > 1 else 1.0
+    return gw.make(self.worlds[i], scale)
+
+  def agent_lr(self, i: int) -> float:
+    return self.agent_lrs[i if len(self.agent_lrs) > 1 else 0]
+
+
+class Unit(NamedTuple):
+  params: dict
+  opt_state: LearnedOptimizerState
+  env_states: gw.State
+  key: jax.Array
+
+
+def init_unit(world: gw.World, rule: str, envs: int, key) -> Unit:
+  k_params, k_env, k_run = jax.random.split(key, 3)
+  params = a2c.init_params(world, k_params)
+  return Unit(params, init_state(rule, params), a2c.reset_envs(world, k_env, envs), k_run)
+
+
+def reset_offsets(units: int, interval: int):
+  """r_i evenly spaced over [0, m - 1] (Section 5.1)."""
+  return jnp.floor(jnp.linspace(0, interval - 1, units)).astype(jnp.int32)
+
+
+def unit_meta_loss(meta, unit: Unit, world: gw.World, cfg: MetaConfig, lr: float,
+                   agent_cfg: a2c.A2CConfig = a2c.A2CConfig()):
+  """M inner A2C updates with the learned optimizer, then the actor loss of the next rollout.
+
+  Returns (outer loss, (unit after the updates, (return sum, episodes))) and is
+  differentiable w.r.t. `meta` through all M updates.
+  """
+  def inner(u: Unit, _):
+    key, k_roll = jax.random.split(u.key)
+    env_states, rollout = a2c.collect(world, u.params, u.env_states, k_roll, agent_cfg.rollout)
+    grads = jax.grad(lambda p: a2c.losses(world, p, rollout, agent_cfg)["total"])(u.params)
+    updates, opt_state = learned_update(meta, grads, u.opt_state, rule=cfg.rule,
+                                        learning_rate=lr, clip=cfg.clip, backend=cfg.backend)
+    params = optax.apply_updates(u.params, updates)
+    return Unit(params, opt_state, env_states, key), a2c.episode_stats(rollout)
+
+  unit, (ret, eps) = jax.lax.scan(inner, unit, length=cfg.inner_updates)
+  key, k_roll = jax.random.split(unit.key)
+  env_states, rollout = a2c.collect(world, unit.params, unit.env_states, k_roll, agent_cfg.rollout)
+  outer = a2c.losses(world, unit.params, rollout, agent_cfg)["actor"]
+  out_ret, out_eps = a2c.episode_stats(rollout)
+  after = jax.lax.stop_gradient(unit._replace(env_states=env_states, key=key))
+  return outer, (after, (ret.sum() + out_ret, eps.sum() + out_eps))
+
+
+def task_meta_gradient(meta, units: Unit, t, reset_key, world: gw.World, cfg: MetaConfig,
+                       lr: float):
+  """One iteration on one task: pipeline resets, then the unit-averaged meta-gradient.
+
+  Returns (meta-gradient, units, (mean outer loss, return sum, episodes)).
+  """
+  n = cfg.units
+  fresh = jax.vmap(lambda k: init_unit(world, cfg.rule, cfg.envs_per_unit, k))(
+      jax.random.split(reset_key, n))
+  due = (t % cfg.reset_interval) == reset_offsets(n, cfg.reset_interval)
+  units = jax.tree.map(lambda f, o: jnp.where(due.reshape((n,) + (1,) * (o.ndim - 1)), f, o),
+                       fresh, units)
+  grad_fn = jax.grad(unit_meta_loss, has_aux=True)
+  grads, (units, (ret, eps)) = jax.vmap(grad_fn, (None, 0, None, None, None))(
+      meta, units, world, cfg, lr)
+  grads = jax.tree.map(lambda g: jnp.mean(g, axis=0), grads)
+  if cfg.max_norm > 0:
+    norm = global_norm(grads)
+    grads = jax.tree.map(lambda g: g * (cfg.max_norm / jnp.maximum(norm, 1e-12)), grads)
+  return grads, units, (ret.sum(), eps.sum())
+
+
+def global_norm(tree):
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
+def meta_optimizer(cfg: MetaConfig) -> optax.GradientTransformation:
+  parts = [optax.clip_by_global_norm(cfg.meta_grad_clip)] if cfg.meta_grad_clip > 0 else []
+  return optax.chain(*parts, optax.adam(cfg.meta_lr))

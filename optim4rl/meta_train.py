@@ -1,0 +1,145 @@
+"""The meta-training loop: iterations over tasks, meta-updates, logs and resumable checkpoints.
+
+A run directory holds config.json, log.csv (one row per iteration), meta.npz (the latest
+meta-parameters, loadable by `optim4rl.load_meta_params`) and checkpoints/ (orbax, the full
+state: meta-parameters, meta-optimizer state, every unit's agent, optimizer state and worlds,
+the iteration and the PRNG key). Starting a run in a directory with a checkpoint resumes it.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from optim4rl import meta as meta_lib
+from optim4rl.agents.a2c import A2CConfig
+from optim4rl.rules import init_meta_params, save_meta_params
+
+LOG_FIELDS = ("iteration", "seconds", "env_steps", "meta_grad_norm")
+
+
+def _initial_state(cfg: meta_lib.MetaConfig):
+  key = jax.random.PRNGKey(cfg.seed)
+  k_meta, key = jax.random.split(key)
+  meta = init_meta_params(k_meta, cfg.rule)
+  units = []
+  for i in range(len(cfg.worlds)):
+    key, k_units = jax.random.split(key)
+    world = cfg.world(i)
+    units.append(jax.vmap(lambda k: meta_lib.init_unit(world, cfg.rule, cfg.envs_per_unit, k))(
+        jax.random.split(k_units, cfg.units)))
+  return {"meta": meta, "meta_opt": meta_lib.meta_optimizer(cfg).init(meta),
+          "units": tuple(units), "iteration": jnp.zeros([], jnp.int32), "key": key}
+
+
+def _step_functions(cfg: meta_lib.MetaConfig):
+  """One jitted function per task (their shapes differ) and one for the meta-update."""
+  tasks = []
+  for i in range(len(cfg.worlds)):
+    world, lr = cfg.world(i), cfg.agent_lr(i)
+    tasks.append(jax.jit(lambda meta, units, t, k, world=world, lr=lr:
+                         meta_lib.task_meta_gradient(meta, units, t, k, world, cfg, lr)))
+  opt = meta_lib.meta_optimizer(cfg)
+
+  @jax.jit
+  def apply(meta, opt_state, grads):
+    grads = jax.tree.map(lambda *g: jnp.mean(jnp.stack(g), axis=0), *grads)
+    updates, opt_state = opt.update(grads, opt_state, meta)
+    return optax.apply_updates(meta, updates), opt_state, meta_lib.global_norm(grads)
+
+  return tasks, apply
+
+
+def _check_config(run_dir: Path, cfg: meta_lib.MetaConfig):
+  path = run_dir / "config.json"
+  mine = dataclasses.asdict(cfg)
+  if path.exists():
+    theirs = json.loads(path.read_text())
+    resumable = {k: v for k, v in mine.items() if k != "iterations"}
+    stored = {k: (tuple(v) if isinstance(v, list) else v) for k, v in theirs.items()
+              if k != "iterations"}
+    if stored != resumable:
+      diff = {k: (stored.get(k), v) for k, v in resumable.items() if stored.get(k) != v}
+      raise ValueError(f"{run_dir} holds a run with another configuration (stored, given): "
+                       f"{diff}; use a new directory")
+  path.write_text(json.dumps(mine, indent=1))
+
+
+def _truncate_log(path: Path, iteration: int) -> float:
+  """Drop log rows past the checkpoint being resumed from (they will be run again);
+  returns the run time logged up to that checkpoint."""
+  if not path.exists():
+    return 0.0
+  with open(path, newline="") as f:
+    rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= iteration]
+  if not rows:
+    path.unlink()
+    return 0.0
+  with open(path, "w", newline="") as f:
+    log = csv.DictWriter(f, fieldnames=list(rows[0]))
+    log.writeheader()
+    log.writerows(rows)
+  return float(rows[-1]["seconds"])
+
+
+def meta_train(cfg: meta_lib.MetaConfig, run_dir: str | Path, *, checkpoint_every: int = 50,
+               progress: Callable[[int, dict], None] | None = None):
+  """Meta-train (or resume) in `run_dir`; returns the final meta-parameters."""
+  run_dir = Path(run_dir).absolute()
+  run_dir.mkdir(parents=True, exist_ok=True)
+  _check_config(run_dir, cfg)
+  state = _initial_state(cfg)
+  manager = ocp.CheckpointManager(run_dir / "checkpoints",
+                                  options=ocp.CheckpointManagerOptions(max_to_keep=2))
+  if manager.latest_step() is not None:
+    state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(state))
+  tasks, apply = _step_functions(cfg)
+  log_path = run_dir / "log.csv"
+  names = list(cfg.worlds)
+  fields = [*LOG_FIELDS, *(f"return_{n}" for n in names)]
+  start = int(state["iteration"])
+  seconds_before = _truncate_log(log_path, start)
+  new_log = not log_path.exists()
+  env_steps_per_iter = cfg.units * cfg.envs_per_unit * A2CConfig().rollout * (cfg.inner_updates + 1)
+  t0 = time.time() - seconds_before
+  with open(log_path, "a", newline="") as log_file:
+    log = csv.DictWriter(log_file, fieldnames=fields)
+    if new_log:
+      log.writeheader()
+    for t in range(start, cfg.iterations):
+      key, *task_keys = jax.random.split(state["key"], len(tasks) + 1)
+      grads, units, row = [], [], {}
+      for i, task in enumerate(tasks):
+        g, u, (ret, eps) = task(state["meta"], state["units"][i], jnp.int32(t), task_keys[i])
+        grads.append(g)
+        units.append(u)
+        eps = float(eps)
+        row[f"return_{names[i]}"] = float(ret) / eps if eps > 0 else float("nan")
+      meta, opt_state, norm = apply(state["meta"], state["meta_opt"], grads)
+      if not bool(jnp.isfinite(norm)):
+        raise FloatingPointError(f"meta-gradient is not finite at iteration {t}; the last "
+                                 f"checkpoint in {run_dir} is intact")
+      state = {"meta": meta, "meta_opt": opt_state, "units": tuple(units),
+               "iteration": jnp.int32(t + 1), "key": key}
+      row.update(iteration=t + 1, seconds=round(time.time() - t0, 3),
+                 env_steps=(t + 1) * env_steps_per_iter * len(tasks),
+                 meta_grad_norm=float(norm))
+      log.writerow(row)
+      if (t + 1) % checkpoint_every == 0 or t + 1 == cfg.iterations:
+        log_file.flush()
+        manager.save(t + 1, args=ocp.args.StandardSave(state))
+        manager.wait_until_finished()
+        save_meta_params(run_dir / "meta.npz", state["meta"], cfg.rule)
+      if progress is not None:
+        progress(t + 1, row)
+  manager.close()
+  return state["meta"]

@@ -1,0 +1,47 @@
+import subprocess
+import sys
+
+import jax
+import pytest
+
+import optim4rl
+from optim4rl.cli import main
+
+
+def test_unknown_world_is_a_usage_error(capsys):
+  with pytest.raises(SystemExit) as exit_:
+    main(["train", "--world", "medium_dense_short"])
+  assert exit_.value.code == 2
+  assert "unknown gridworld 'medium_dense_short'" in capsys.readouterr().err
+
+
+def test_bad_optimizer_and_checkpoint_errors(tmp_path, capsys):
+  assert main(["train", "--optimizer", "adamw", "--steps", "1000"]) == 2
+  assert "unknown optimizer 'adamw'" in capsys.readouterr().err
+  (tmp_path / "meta.npz").write_bytes(b"garbage")
+  assert main(["evaluate", "--optimizers", "adam", f"optim4rl:{tmp_path / 'meta.npz'}",
+               "--out", str(tmp_path)]) == 2
+  assert "meta.npz" in capsys.readouterr().err
+  assert main(["train", "--optimizer", f"optim4rl:{tmp_path / 'missing.npz'}"]) == 2
+
+
+def test_evaluate_writes_table_csv_and_plot(tmp_path, capsys):
+  meta = optim4rl.init_meta_params(jax.random.key(0), "optim4rl")
+  optim4rl.save_meta_params(tmp_path / "meta.npz", meta, "optim4rl")
+  out = tmp_path / "eval"
+  code = main(["evaluate", "--world", "small_dense_short", "--seeds", "2", "--steps", "25600",
+               "--envs", "64", "--optimizers", "adam@3e-3", f"optim4rl:{tmp_path / 'meta.npz'}",
+               "--out", str(out)])
+  assert code == 0
+  text = capsys.readouterr().out
+  assert "adam@3e-3" in text and "+-" in text and "returns.png" in text
+  assert (out / "returns.png").stat().st_size > 1000
+  rows = (out / "curves.csv").read_text().splitlines()
+  assert rows[0] == "optimizer,seed,env_steps,return" and len(rows) > 4
+
+
+def test_module_entry_point_help():
+  out = subprocess.run([sys.executable, "-m", "optim4rl", "--help"], capture_output=True,
+                       text=True, check=True)
+  for command in ("meta-train", "train", "evaluate", "bench"):
+    assert command in out.stdout
