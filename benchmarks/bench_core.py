@@ -12,80 +12,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
-import time
 
-M_STEPS = 4
-
-
-def _time(fn, *args, min_time=1.0, max_reps=50):
-  import jax
-  jax.block_until_ready(fn(*args))  # compile and warm up
-  reps, start = 0, time.perf_counter()
-  while True:
-    jax.block_until_ready(fn(*args))
-    reps += 1
-    elapsed = time.perf_counter() - start
-    if elapsed >= min_time or reps >= max_reps:
-      return elapsed / reps
+from optim4rl.profile import M_STEPS, machine_info, measure
 
 
 def run_one(kind: str, backend: str, size: int) -> dict:
   """One measurement in this process (called in a fresh subprocess for clean peak memory)."""
-  import jax
-  import jax.numpy as jnp
-  import optax
-  import optim4rl
-
-  key = jax.random.key(0)
-  g = (jax.random.normal(key, (size,)) * 1e-3).astype(jnp.float32)
-  if backend == "optax.adam":
-    tx = optax.adam(1e-3)
-    state = tx.init(g)
-    seconds = _time(jax.jit(tx.update), g, state)
-    return {"seconds": seconds, "rate": size / seconds}
-  meta = optim4rl.init_meta_params(key, "optim4rl")
-  if kind == "forward":
-    tx = optim4rl.optim4rl(meta, 1e-3, backend=backend)
-    state = tx.init(g)
-    seconds = _time(jax.jit(tx.update), g, state)
-    return {"seconds": seconds, "rate": size / seconds}
-  target = jnp.linspace(-1.0, 1.0, size, dtype=jnp.float32)
-
-  def meta_loss(meta):
-    tx = optim4rl.optim4rl(meta, 1e-2, backend=backend)
-    inner = lambda p: 0.5 * jnp.sum(jnp.square(p - target))
-
-    def body(carry, _):
-      p, s = carry
-      u, s = tx.update(jax.grad(inner)(p), s)
-      return (p + u, s), None
-    p0 = jnp.zeros_like(target)
-    (p, _), _ = jax.lax.scan(body, (p0, tx.init(p0)), None, length=M_STEPS)
-    return inner(p)
-  seconds = _time(jax.jit(jax.grad(meta_loss)), meta, min_time=2.0, max_reps=5)
-  peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  return {"seconds": seconds, "rate": M_STEPS * size / seconds, "peak_rss_gb": peak_kib / 2**20}
-
-
-def machine_info() -> dict:
-  import jax
-  import jaxlib
-  import optax
-  cpu = "unknown"
-  if os.path.exists("/proc/cpuinfo"):
-    for line in open("/proc/cpuinfo"):
-      if line.startswith("model name"):
-        cpu = line.split(":", 1)[1].strip()
-        break
-  return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(),
-          "device": str(jax.devices()[0]), "platform": jax.default_backend(),
-          "python": platform.python_version(), "jax": jax.__version__,
-          "jaxlib": jaxlib.__version__, "optax": optax.__version__,
-          "omp_threads": os.environ.get("OMP_NUM_THREADS", "default")}
+  row = measure(kind, backend, size)
+  if kind == "meta":
+    row["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+  return row
 
 
 def main():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -89,7 +88,7 @@ def cmd_evaluate(args):
   world = envs.make(args.world)
   specs = {}
   for spec in args.optimizers:
-    name, _, lr = spec.partition("@")  # "adam@3e-3" picks a learning rate
+    name, _, lr = spec.rpartition("@") if "@" in spec else (spec, "", "")  # "adam@3e-3": its lr
     specs[spec] = (name, float(lr) if lr else ev.default_learning_rate(args.world))
   for spec, _ in specs.values():
     ev.make_optimizer(spec, 1.0)  # fail fast on bad specs, before any training

@@ -65,8 +65,8 @@ def train(world: gw.World, optimizer: optax.GradientTransformation, *, steps: in
   """
   steps_per_update = num_envs * cfg.rollout
   updates = max(1, int(steps) // steps_per_update)
-  chunks = max(1, min(chunks, updates))
-  per_chunk = updates // chunks
+  per_chunk = -(-updates // max(1, min(chunks, updates)))  # ceil: never fewer steps than asked
+  chunks = -(-updates // per_chunk)
   keys = jnp.stack([jax.random.PRNGKey(int(s)) for s in seeds])
   state = jax.jit(jax.vmap(lambda k: init_agent(world, optimizer, k, num_envs)))(keys)
 
