@@ -85,3 +85,14 @@ def test_optimizer_specs(tmp_path):
   (tmp_path / "bad.npz").write_bytes(b"not a checkpoint")
   with pytest.raises(ValueError):
     make_optimizer(f"learned:{tmp_path / 'bad.npz'}", 1e-3)
+
+
+def test_patch_dense_is_a_valid_2x2_convolution():
+  import flax.linen as nn
+  x = jax.random.normal(jax.random.key(0), (3, 5, 4, 2))
+  conv = nn.Conv(6, (2, 2), padding="VALID")
+  p = conv.init(jax.random.key(1), x)
+  kernel = p["params"]["kernel"]  # (2, 2, C, F) -> rows ordered like the patches
+  w = jnp.concatenate([kernel[0, 0], kernel[0, 1], kernel[1, 0], kernel[1, 1]], axis=0)
+  got = a2c.patches_2x2(x) @ w + p["params"]["bias"]
+  np.testing.assert_allclose(got, conv.apply(p, x), rtol=1e-5, atol=1e-5)

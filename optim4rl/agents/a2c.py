@@ -26,6 +26,12 @@ class A2CConfig:
   entropy_weight: float = 0.01
 
 
+def patches_2x2(x):
+  """(B, H, W, C) -> (B, H-1, W-1, 4C): every 2x2 window, so a Dense layer on it is a
+  VALID 2x2 convolution (as a matrix product, which XLA runs far faster on CPU)."""
+  return jnp.concatenate([x[:, :-1, :-1], x[:, :-1, 1:], x[:, 1:, :-1], x[:, 1:, 1:]], axis=-1)
+
+
 class ActorCritic(nn.Module):
   """Observations (..., N+1, H, W) -> (logits (..., 9), value (...))."""
   conv: bool
@@ -35,7 +41,7 @@ class ActorCritic(nn.Module):
     batch = obs.shape[:-3]
     x = obs.reshape((-1,) + obs.shape[-3:])
     if self.conv:
-      x = nn.relu(nn.Conv(16, (2, 2), padding="VALID")(jnp.moveaxis(x, 1, -1)))
+      x = nn.relu(nn.Dense(16, name="Conv_2x2")(patches_2x2(jnp.moveaxis(x, 1, -1))))
     x = nn.relu(nn.Dense(32)(x.reshape((x.shape[0], -1))))
     logits = nn.Dense(gw.NUM_ACTIONS)(x)
     value = nn.Dense(1)(x)[:, 0]

@@ -105,24 +105,31 @@ class StepInfo(NamedTuple):
   episode_return: jax.Array  # its unscaled return (0 where no episode ended)
 
 
-def _random_free_cell(key, world: World, occupied):
-  """A uniformly random cell among those not occupied (there always is one)."""
-  logits = jnp.where(occupied, -jnp.inf, 0.0)
-  return jax.random.categorical(key, logits).astype(jnp.int32)
-
-
 def _occupancy(world: World, cells):
   """Boolean (cells,) mask of the given cell indices; -1 entries mark nothing."""
   hits = cells[:, None] == jnp.arange(world.num_cells)[None, :]
   return jnp.any(hits, axis=0)
 
 
+def _place(keys_u, occupied, want):
+  """Cells for the entries of `want` in order, uniformly among the cells still free.
+
+  One uniform draw per cell serves every placement: taking the free cell with the largest
+  draw, marking it occupied and repeating samples without replacement, uniformly.
+  Returns the chosen cells (-1 where not wanted) and the new occupancy.
+  """
+  cells = []
+  for wanted in want:
+    cell = jnp.argmax(jnp.where(occupied, -1.0, keys_u)).astype(jnp.int32)
+    cells.append(jnp.where(wanted, cell, -1))
+    occupied = occupied | ((jnp.arange(occupied.shape[0]) == cell) & wanted)
+  return jnp.stack(cells), occupied
+
+
 def reset(world: World, key) -> State:
   """Agent and objects at distinct random cells."""
-  keys = jax.random.split(key, world.num_objects + 1)
-  cells = jnp.full((world.num_objects + 1,), -1, jnp.int32)
-  for i in range(world.num_objects + 1):
-    cells = cells.at[i].set(_random_free_cell(keys[i], world, _occupancy(world, cells)))
+  u = jax.random.uniform(key, (world.num_cells,))
+  cells, _ = _place(u, jnp.zeros(world.num_cells, bool), [True] * (world.num_objects + 1))
   return State(cells[0], cells[1:], jnp.zeros([], jnp.int32), jnp.zeros([], jnp.float32))
 
 
@@ -148,14 +155,12 @@ def step(world: World, state: State, action, key):
   reward = jnp.sum(jnp.where(collected, obj[:, 0], 0.0))
   terminated = jnp.any(collected & (jax.random.uniform(k_term, collected.shape) < obj[:, 1]))
   objects = jnp.where(collected, -1, state.objects)
-  # Absent objects (including those just taken) respawn with their probability, one by one
-  # so that two never land on the same cell.
-  spawn = jax.random.uniform(k_spawn, collected.shape) < obj[:, 2]
-  where_keys = jax.random.split(k_where, world.num_objects)
-  for i in range(world.num_objects):
-    occupied = _occupancy(world, jnp.concatenate([objects, agent[None]]))
-    cell = _random_free_cell(where_keys[i], world, occupied)
-    objects = objects.at[i].set(jnp.where((objects[i] < 0) & spawn[i], cell, objects[i]))
+  # Absent objects (including those just taken) respawn with their probability on free
+  # cells, never two on the same cell.
+  spawn = (objects < 0) & (jax.random.uniform(k_spawn, collected.shape) < obj[:, 2])
+  occupied = _occupancy(world, jnp.concatenate([objects, agent[None]]))
+  cells, _ = _place(jax.random.uniform(k_where, (world.num_cells,)), occupied, list(spawn))
+  objects = jnp.where(spawn, cells, objects)
   time = state.time + 1
   episode_return = state.episode_return + reward
   done = terminated | (time >= world.horizon)
