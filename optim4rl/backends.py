@@ -1,7 +1,8 @@
 """Backend registry: which implementations of the fused step exist and can run here.
 
 `reference` is pure JAX (runs everywhere). `cpu` and `cuda` are the C++/CUDA FFI libraries
-built by setup.py (`cuda` only where nvcc was found). `triton` comes with the GPU kernels.
+built by setup.py (`cuda` only where nvcc was found). `triton` is the Triton kernels of
+optim4rl.kernels called through jax_triton: GPU only, and only where both import.
 """
 from __future__ import annotations
 
@@ -36,6 +37,17 @@ def cuda_library():
   return _load("optim4rl._cuda", "CUDA")
 
 
+@functools.cache
+def triton_problem() -> str | None:
+  """Why the triton backend cannot be loaded (None: it can). Imports jax_triton and triton."""
+  from optim4rl import triton_backend
+  try:
+    triton_backend.load()
+  except ImportError as e:
+    return str(e)
+  return None
+
+
 def available_backends(platform: str | None = None) -> tuple[str, ...]:
   platform = platform or jax.default_backend()
   found = ["reference"]
@@ -43,6 +55,9 @@ def available_backends(platform: str | None = None) -> tuple[str, ...]:
     found.append("cpu")
   if platform in ("gpu", "cuda") and cuda_library() is not None:
     found.append("cuda")
+  # jax_triton is not even imported off GPUs: with a CPU jaxlib its import fails anyway.
+  if platform in ("gpu", "cuda") and triton_problem() is None:
+    found.append("triton")
   return tuple(found)
 
 
@@ -51,7 +66,7 @@ def resolve_backend(backend: str | None, platform: str | None = None) -> str:
   platform = platform or jax.default_backend()
   available = available_backends(platform)
   if backend is None:
-    for best in ("cpu", "cuda"):
+    for best in ("cpu", "cuda", "triton"):
       if best in available:
         return best
     return "reference"
@@ -63,6 +78,8 @@ def resolve_backend(backend: str | None, platform: str | None = None) -> str:
                 if cpu_library() is None else f"it runs on CPU, the platform is {platform}"),
         "cuda": ("the CUDA library optim4rl._cuda is not built (no nvcc at install time)"
                  if cuda_library() is None else f"it runs on CUDA GPUs, the platform is {platform}"),
+        "triton": (f"it runs on GPUs through jax_triton, the platform is {platform}"
+                   if platform not in ("gpu", "cuda") else str(triton_problem())),
     }.get(backend, f"it is not available on platform {platform!r} in this build")
     raise ValueError(f"backend {backend!r} cannot run here: {why}; available: {available}")
   return backend

@@ -1,7 +1,8 @@
 """The fused learned-optimizer step as a JAX function with a custom VJP.
 
 `fused_step(rule, meta_flat, g, h)` maps gradients g (P,) and hidden states h (rows, P) to
-(direction (P,), new h) in one kernel launch forward and one backward. The backward kernel
+(direction (P,), new h) in one kernel launch forward and one backward (plus, for "triton",
+one or two small launches that add the backward programs' meta cotangents). The backward kernel
 recomputes the forward from the inputs, so the only residuals are the inputs themselves:
 4 bytes of gradient and 4 * rows bytes of hidden state per parameter and step.
 Gradients are stop-gradient inputs: their cotangent is zero by definition (Algorithm 1).
@@ -14,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optim4rl import reference
+from optim4rl import reference, triton_backend
 from optim4rl.backends import cpu_library, cuda_library
 from optim4rl.rules import Rule, unflatten_meta
 
@@ -44,19 +45,31 @@ def _ffi_backward(backend: str, rule: Rule, clip: float, meta, g, h, d_dir, d_h)
   return call(meta, g, h, d_dir, d_h, rule=np.int32(rule.kernel_id), clip=np.float32(clip))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _kernel_step(backend: str, rule: Rule, clip: float, meta, g, h):
+def _forward(backend: str, rule: Rule, clip: float, meta, g, h):
+  if backend == "triton":
+    return triton_backend.forward(rule, clip, meta, g, h)
   return _ffi_forward(backend, rule, clip, meta, g, h)
 
 
+def _backward(backend: str, rule: Rule, clip: float, meta, g, h, d_dir, d_h):
+  if backend == "triton":
+    return triton_backend.backward(rule, clip, meta, g, h, d_dir, d_h)
+  return _ffi_backward(backend, rule, clip, meta, g, h, d_dir, d_h)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _kernel_step(backend: str, rule: Rule, clip: float, meta, g, h):
+  return _forward(backend, rule, clip, meta, g, h)
+
+
 def _kernel_step_fwd(backend, rule, clip, meta, g, h):
-  return _ffi_forward(backend, rule, clip, meta, g, h), (meta, g, h)
+  return _forward(backend, rule, clip, meta, g, h), (meta, g, h)
 
 
 def _kernel_step_bwd(backend, rule, clip, residuals, cotangents):
   meta, g, h = residuals
   d_dir, d_h_new = cotangents
-  d_meta, d_h = _ffi_backward(backend, rule, clip, meta, g, h, d_dir, d_h_new)
+  d_meta, d_h = _backward(backend, rule, clip, meta, g, h, d_dir, d_h_new)
   return d_meta, jnp.zeros_like(g), d_h
 
 
@@ -83,6 +96,6 @@ def fused_step(rule: Rule, meta_flat, g, h, *, clip: float = 1.0, backend: str =
   _check(rule, meta_flat, g, h)
   if backend == "reference":
     return reference.step(rule, unflatten_meta(meta_flat, rule), g, h, clip)
-  if backend in _KERNEL_BACKENDS:
+  if backend in _KERNEL_BACKENDS or backend == "triton":
     return _kernel_step(backend, rule, float(clip), meta_flat, g, h)
   raise ValueError(f"optim4rl: backend {backend!r} has no kernel in this build")

@@ -1,0 +1,10 @@
+"""Triton kernels of the fused learned-optimizer step (installed as `optim4rl.kernels`).
+
+Importing needs `triton`; running needs a GPU, or TRITON_INTERPRET=1 with torch tensors
+(see tests/test_triton_interpret.py). JAX reaches them through `optim4rl.triton_backend`.
+"""
+from .step import (DEFAULT_CONFIG, Config, backward, backward_kernel, cdiv, forward,
+                   forward_kernel, reduce_kernel)
+
+__all__ = ["Config", "DEFAULT_CONFIG", "backward", "backward_kernel", "cdiv", "forward",
+           "forward_kernel", "reduce_kernel"]
