@@ -45,3 +45,12 @@ def test_module_entry_point_help():
                        text=True, check=True)
   for command in ("meta-train", "train", "evaluate", "bench"):
     assert command in out.stdout
+
+
+def test_bench_prints_a_table(capsys):
+  assert main(["bench", "--sizes", "64", "--backends", "reference"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert "forward" in lines[1] and "meta" in lines[1]
+  assert any("reference" in line and "M/s" in line for line in lines[2:])
+  assert any("optax.adam" in line for line in lines[2:])
+  assert main(["bench", "--sizes", "64", "--backends", "warp"]) == 2
