@@ -43,6 +43,32 @@ def random_problem(rule, n, seed=0):
   return spec, flat, g, h
 
 
+def scanned_meta_gradients(rule, backend, size=60):
+  """(grad from `backend`, grad from the reference, flatten) of a loss after M = 4 updates of
+  a weighted quadratic through the optax API: the meta-gradient path of Section 2.2."""
+  target = {"w": jnp.linspace(-1.0, 1.0, size).reshape(6, -1),
+            "b": jnp.full((7,), 0.5)}
+  params0 = jax.tree.map(jnp.zeros_like, target)
+  meta = optim4rl.init_meta_params(jax.random.key(3), rule)
+
+  def meta_loss(meta, backend):
+    tx = optim4rl.learned_optimizer(meta, rule=rule, learning_rate=0.1, backend=backend)
+
+    def inner(p):
+      return sum(jnp.sum(jnp.square(a - t) * (1 + jnp.abs(t)))
+                 for a, t in zip(jax.tree.leaves(p), jax.tree.leaves(target)))
+
+    def body(carry, _):
+      params, state = carry
+      updates, state = tx.update(jax.grad(inner)(params), state)
+      return (jax.tree.map(jnp.add, params, updates), state), None
+    (params, _), _ = jax.lax.scan(body, (params0, tx.init(params0)), None, length=4)
+    return inner(params)
+
+  grad = jax.jit(jax.grad(meta_loss), static_argnums=1)
+  return grad(meta, backend), grad(meta, "reference"), lambda m: rules.flatten_meta(m, rule)
+
+
 @pytest.fixture(params=KERNEL_BACKENDS or ["no-kernel-backend"])
 def kernel_backend(request):
   if request.param == "no-kernel-backend":

@@ -8,7 +8,7 @@ from jax.test_util import check_grads
 import optim4rl
 from optim4rl import reference, rules
 from optim4rl.fused import fused_step
-from conftest import RULE_NAMES, random_problem, rel_err
+from conftest import RULE_NAMES, random_problem, rel_err, scanned_meta_gradients
 
 SIZES = (1, 16, 37, 1000)
 
@@ -55,25 +55,7 @@ def test_vjp_matches_reference_grad(kernel_backend, rule, n):
 @pytest.mark.parametrize("rule", RULE_NAMES)
 def test_grad_through_four_scanned_updates(kernel_backend, rule):
   """The meta-gradient path: grad w.r.t. meta of a loss after M = 4 inner updates."""
-  target = {"w": jnp.linspace(-1.0, 1.0, 60).reshape(6, 10), "b": jnp.full((7,), 0.5)}
-  params0 = jax.tree.map(jnp.zeros_like, target)
-  meta = optim4rl.init_meta_params(jax.random.key(3), rule)
-
-  def meta_loss(meta, backend):
-    tx = optim4rl.learned_optimizer(meta, rule=rule, learning_rate=0.1, backend=backend)
-    inner = lambda p: sum(jnp.sum(jnp.square(a - t) * (1 + jnp.abs(t)))
-                          for a, t in zip(jax.tree.leaves(p), jax.tree.leaves(target)))
-
-    def body(carry, _):
-      params, state = carry
-      updates, state = tx.update(jax.grad(inner)(params), state)
-      return (jax.tree.map(jnp.add, params, updates), state), None
-    (params, _), _ = jax.lax.scan(body, (params0, tx.init(params0)), None, length=4)
-    return inner(params)
-
-  want = jax.jit(jax.grad(meta_loss), static_argnums=1)(meta, "reference")
-  got = jax.jit(jax.grad(meta_loss), static_argnums=1)(meta, kernel_backend)
-  flat = lambda m: rules.flatten_meta(m, rule)
+  got, want, flat = scanned_meta_gradients(rule, kernel_backend)
   assert np.any(np.asarray(flat(want)) != 0)
   assert rel_err(flat(got), flat(want)) <= 1e-4
 

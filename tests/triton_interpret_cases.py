@@ -23,11 +23,10 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
-import optim4rl  # noqa: E402
 from optim4rl import reference, rules, triton_backend  # noqa: E402
 from optim4rl.fused import fused_step  # noqa: E402
 from optim4rl.kernels import step as kernels  # noqa: E402
-from conftest import RULE_NAMES, random_problem, rel_err  # noqa: E402
+from conftest import RULE_NAMES, random_problem, rel_err, scanned_meta_gradients  # noqa: E402
 
 # Small blocks so that small problems still span several blocks, several blocks per
 # backward program, and two reduction passes (7 blocks of 16 for P = 100, 3 programs,
@@ -187,25 +186,7 @@ def test_grad_of_vmapped_loss_and_of_hidden_state(triton_on_cpu):
 @pytest.mark.parametrize("rule", ["optim4rl", "linear_optim"])
 def test_grad_through_four_scanned_updates(triton_on_cpu, rule):
   """The meta-gradient path through the optax API, as in test_fused.py."""
-  target = {"w": jnp.linspace(-1.0, 1.0, 24).reshape(4, 6), "b": jnp.full((9,), 0.5)}
-  params0 = jax.tree.map(jnp.zeros_like, target)
-  meta = optim4rl.init_meta_params(jax.random.key(3), rule)
-
-  def meta_loss(meta, backend):
-    tx = optim4rl.learned_optimizer(meta, rule=rule, learning_rate=0.1, backend=backend)
-    inner = lambda p: sum(jnp.sum(jnp.square(a - t) * (1 + jnp.abs(t)))
-                          for a, t in zip(jax.tree.leaves(p), jax.tree.leaves(target)))
-
-    def body(carry, _):
-      params, state = carry
-      updates, state = tx.update(jax.grad(inner)(params), state)
-      return (jax.tree.map(jnp.add, params, updates), state), None
-    (params, _), _ = jax.lax.scan(body, (params0, tx.init(params0)), None, length=4)
-    return inner(params)
-
-  want = jax.jit(jax.grad(meta_loss), static_argnums=1)(meta, "reference")
-  got = jax.jit(jax.grad(meta_loss), static_argnums=1)(meta, "triton")
-  flat = lambda m: rules.flatten_meta(m, rule)
+  got, want, flat = scanned_meta_gradients(rule, "triton", size=24)
   assert np.any(np.asarray(flat(want)) != 0)
   assert rel_err(flat(got), flat(want)) <= 1e-4
 
