@@ -6,6 +6,6 @@
 set -euo pipefail
 RUN=${RUN:-runs/main}
 python -m optim4rl meta-train --worlds small_dense_short --units 32 --envs-per-unit 16 \
-  --reset-interval 64 --iterations 400 --meta-lr 1e-3 --lrs 2e-2 --out "$RUN/meta"
+  --reset-interval 64 --iterations 400 --meta-lr 3e-4 --lrs 2e-2 --out "$RUN/meta"
 python -m optim4rl evaluate --world small_dense_short --seeds 10 --steps 3e6 \
   --optimizers adam@1e-2 adam@2e-2 adam@3e-2 "optim4rl:$RUN/meta/meta.npz@2e-2" --out "$RUN/evaluate"
