@@ -86,14 +86,13 @@ def cmd_evaluate(args):
   from optim4rl import envs
   from optim4rl import evaluate as ev
   world = envs.make(args.world)
-  specs = {}
+  optimizers = {}  # built before any training, so a bad spec fails at once
   for spec in args.optimizers:
     name, _, lr = spec.rpartition("@") if "@" in spec else (spec, "", "")  # "adam@3e-3": its lr
-    specs[spec] = (name, float(lr) if lr else ev.default_learning_rate(args.world))
-  for spec, _ in specs.values():
-    ev.make_optimizer(spec, 1.0)  # fail fast on bad specs, before any training
-  results = ev.evaluate(world, specs, seeds=args.seeds, steps=int(args.steps),
-                        num_envs=args.envs, backend=args.backend,
+    lr = float(lr) if lr else ev.default_learning_rate(args.world)
+    optimizers[spec] = ev.make_optimizer(name, lr, backend=args.backend)
+  results = ev.evaluate(world, optimizers, seeds=args.seeds, steps=int(args.steps),
+                        num_envs=args.envs,
                         progress=lambda label: _train_progress(
                             int(args.steps), f"{label} x{args.seeds} seeds"))
   out = Path(args.out)

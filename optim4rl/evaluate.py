@@ -67,14 +67,13 @@ def final_returns(curve: Curve) -> np.ndarray:
   return np.nanmean(curve.returns[:, -tail:], axis=1)
 
 
-def evaluate(world: gw.World, specs: dict[str, tuple[str, float]], *, seeds: int, steps: int,
-             num_envs: int = 512, chunks: int = 50, backend: str | None = None,
+def evaluate(world: gw.World, optimizers: dict[str, optax.GradientTransformation], *,
+             seeds: int, steps: int, num_envs: int = 512, chunks: int = 50,
              progress: Callable[[str], Callable[[int, int, float], None]] | None = None
              ) -> list[Result]:
-  """Train `seeds` fresh agents per optimizer; specs: label -> (optimizer spec, lr)."""
+  """Train `seeds` fresh agents per optimizer (label -> optax optimizer)."""
   results = []
-  for label, (spec, lr) in specs.items():
-    tx = make_optimizer(spec, lr, backend=backend)
+  for label, tx in optimizers.items():
     curve = train(world, tx, steps=steps, num_envs=num_envs, seeds=range(seeds), chunks=chunks,
                   progress=progress(label) if progress else None)
     results.append(Result(label, curve, final_returns(curve)))

@@ -9,7 +9,6 @@ meta-gradient is averaged over units (and over tasks), and Adam updates the meta
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +17,8 @@ import optax
 from optim4rl.agents import a2c
 from optim4rl.envs import gridworld as gw
 from optim4rl.rules import get_rule
-from optim4rl.transform import LearnedOptimizerState, init_state, learned_update
+from optim4rl.train import AgentState, init_agent, update
+from optim4rl.transform import init_state, learned_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,17 +62,14 @@ class MetaConfig:
     return self.agent_lrs[i if len(self.agent_lrs) > 1 else 0]
 
 
-class Unit(NamedTuple):
-  params: dict
-  opt_state: LearnedOptimizerState
-  env_states: gw.State
-  key: jax.Array
+# A training unit is an agent (parameters, learned-optimizer state, worlds, key).
+Unit = AgentState
 
 
 def init_unit(world: gw.World, rule: str, envs: int, key) -> Unit:
-  k_params, k_env, k_run = jax.random.split(key, 3)
-  params = a2c.init_params(world, k_params)
-  return Unit(params, init_state(rule, params), a2c.reset_envs(world, k_env, envs), k_run)
+  """A fresh agent; only the optimizer state's shape depends on the rule, not on meta."""
+  learned_state = optax.GradientTransformation(lambda params: init_state(rule, params), None)
+  return init_agent(world, learned_state, key, envs)
 
 
 def reset_offsets(units: int, interval: int):
@@ -87,14 +84,12 @@ def unit_meta_loss(meta, unit: Unit, world: gw.World, cfg: MetaConfig, lr: float
   Returns (outer loss, (unit after the updates, (return sum, episodes))) and is
   differentiable w.r.t. `meta` through all M updates.
   """
+  tx = learned_optimizer(meta, rule=cfg.rule, learning_rate=lr, clip=cfg.clip,
+                         backend=cfg.backend)
+
   def inner(u: Unit, _):
-    key, k_roll = jax.random.split(u.key)
-    env_states, rollout = a2c.collect(world, u.params, u.env_states, k_roll, agent_cfg.rollout)
-    grads = jax.grad(lambda p: a2c.losses(world, p, rollout, agent_cfg)["total"])(u.params)
-    updates, opt_state = learned_update(meta, grads, u.opt_state, rule=cfg.rule,
-                                        learning_rate=lr, clip=cfg.clip, backend=cfg.backend)
-    params = optax.apply_updates(u.params, updates)
-    return Unit(params, opt_state, env_states, key), a2c.episode_stats(rollout)
+    u, (ret, eps, _) = update(world, tx, agent_cfg, u)
+    return u, (ret, eps)
 
   unit, (ret, eps) = jax.lax.scan(inner, unit, length=cfg.inner_updates)
   key, k_roll = jax.random.split(unit.key)

@@ -31,6 +31,12 @@ def rl_like_gradients(key, n):
   return jnp.where(jax.random.bernoulli(k3, 0.05, (n,)), 0.0, g).astype(jnp.float32)
 
 
+def special_gradients():
+  """12 gradients: signed zeros, tiny, denormal, huge, infinite, NaN and two ordinary ones."""
+  return jnp.array([0.0, -0.0, 1e-30, -1e-30, 1e-45, 1e30, -1e30, jnp.inf, -jnp.inf, jnp.nan,
+                    0.5, -3.0], jnp.float32)
+
+
 def random_problem(rule, n, seed=0):
   spec = rules.get_rule(rule)
   k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)

@@ -26,7 +26,8 @@ pytest.importorskip("triton")
 from optim4rl import reference, rules, triton_backend  # noqa: E402
 from optim4rl.fused import fused_step  # noqa: E402
 from optim4rl.kernels import step as kernels  # noqa: E402
-from conftest import RULE_NAMES, random_problem, rel_err, scanned_meta_gradients  # noqa: E402
+from conftest import (RULE_NAMES, random_problem, rel_err,  # noqa: E402
+                      scanned_meta_gradients, special_gradients)
 
 # Small blocks so that small problems still span several blocks, several blocks per
 # backward program, and two reduction passes (7 blocks of 16 for P = 100, 3 programs,
@@ -102,8 +103,7 @@ def test_default_config_and_batch_of_different_problems(ks, rule):
 @pytest.mark.parametrize("rule", RULE_NAMES)
 def test_special_gradient_values_behave_as_reference(ks, rule):
   spec, meta, _, h = random_problem(rule, 12, seed=5)
-  g = jnp.array([0.0, -0.0, 1e-30, -1e-30, 1e-45, 1e30, -1e30, jnp.inf, -jnp.inf, jnp.nan,
-                 0.5, -3.0], jnp.float32)
+  g = special_gradients()
   for clip in (1.0, 0.0):
     want = reference.step(spec, rules.unflatten_meta(meta, spec), g, h, clip)
     got = ks.forward(torch_launch, spec, *[np.asarray(x)[None] for x in (meta, g, h)], clip, 1,

@@ -1,3 +1,3 @@
 """Environments: the gridworlds of Appendix B."""
-from optim4rl.envs.gridworld import (NUM_ACTIONS, PAPER_SIX, WORLD_NAMES, State, StepInfo,
-                                     World, make, observe, paper_reward_scale, reset, step)
+from optim4rl.envs.gridworld import (NUM_ACTIONS, WORLD_NAMES, State, StepInfo,
+                                     World, make, observe, reset, step)

@@ -70,14 +70,6 @@ _SPECS = {
     "big_dense_long": (13, 9, _pair(1.0, -1.0, 0.5, 2), 500, 1.0),
 }
 WORLD_NAMES = tuple(_SPECS)
-PAPER_SIX = ("small_dense_long", "small_dense_short", "big_sparse_short", "big_dense_short",
-             "big_sparse_long", "big_dense_long")
-
-
-def paper_reward_scale(name: str) -> float:
-  return _SPECS[_check_name(name)][4]
-
-
 def _check_name(name: str) -> str:
   if name not in _SPECS:
     raise ValueError(f"unknown gridworld {name!r}; expected one of {WORLD_NAMES}")
