@@ -27,7 +27,8 @@ class AgentState(NamedTuple):
 class Curve(NamedTuple):
   steps: np.ndarray    # (chunks,) environment steps taken so far (all envs)
   returns: np.ndarray  # (seeds, chunks) mean unscaled episode return in each chunk (NaN: none)
-  losses: np.ndarray   # (seeds, chunks) mean A2C loss in each chunk
+  losses: np.ndarray   # (seeds, chunks) mean loss in each chunk
+  stats: np.ndarray | None = None  # (seeds, chunks, ...) summed per-update statistics, if asked
 
 
 def init_agent(world: gw.World, optimizer: optax.GradientTransformation, key,
@@ -39,15 +40,19 @@ def init_agent(world: gw.World, optimizer: optax.GradientTransformation, key,
 
 
 def update(world: gw.World, optimizer: optax.GradientTransformation, cfg: a2c.A2CConfig,
-           state: AgentState):
-  """One A2C update: (new state, (sum of episode returns, episodes ended, loss))."""
+           state: AgentState, grad_stat: Callable | None = None):
+  """One A2C update: (new state, (sum of episode returns, episodes ended, loss)), plus
+  `grad_stat(grads)` as a fourth output if given (e.g. a histogram of the agent-gradients)."""
   key, k_roll = jax.random.split(state.key)
   env_states, rollout = a2c.collect(world, state.params, state.env_states, k_roll, cfg.rollout)
   grads, terms = jax.grad(lambda p: _total(world, p, rollout, cfg), has_aux=True)(state.params)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ret_sum, episodes = a2c.episode_stats(rollout)
-  return AgentState(params, opt_state, env_states, key), (ret_sum, episodes, terms["total"])
+  out = (ret_sum, episodes, terms["total"])
+  if grad_stat is not None:
+    out += (grad_stat(grads),)
+  return AgentState(params, opt_state, env_states, key), out
 
 
 def _total(world, params, rollout, cfg):
@@ -57,33 +62,51 @@ def _total(world, params, rollout, cfg):
 
 def train(world: gw.World, optimizer: optax.GradientTransformation, *, steps: int,
           num_envs: int = 512, seeds=(0,), cfg: a2c.A2CConfig = a2c.A2CConfig(),
-          chunks: int = 50, progress: Callable[[int, int, float], None] | None = None) -> Curve:
+          chunks: int = 50, progress: Callable[[int, int, float], None] | None = None,
+          grad_stat: Callable | None = None, stat_shape: tuple[int, ...] | None = None) -> Curve:
   """Train one fresh agent per seed for `steps` environment steps (per seed, all envs).
 
   The run is split into `chunks` jitted scans; each chunk reports the mean return of the
   episodes that ended in it. `progress(chunk, env_steps, mean_return)` is called after each.
+  `grad_stat` (with its output's `stat_shape`) is summed over each chunk's updates.
   """
-  steps_per_update = num_envs * cfg.rollout
+  keys = jnp.stack([jax.random.PRNGKey(int(s)) for s in seeds])
+  state = jax.jit(jax.vmap(lambda k: init_agent(world, optimizer, k, num_envs)))(keys)
+  step = lambda s: update(world, optimizer, cfg, s, grad_stat)
+  return run_chunks(step, state, steps=steps, steps_per_update=num_envs * cfg.rollout,
+                    chunks=chunks, progress=progress,
+                    stat_shape=stat_shape if grad_stat is not None else None)
+
+
+def run_chunks(step: Callable, state, *, steps: int, steps_per_update: int, chunks: int,
+               progress: Callable[[int, int, float], None] | None = None,
+               stat_shape: tuple[int, ...] | None = None) -> Curve:
+  """Run `step(state) -> (state, (return sum, episodes, loss, *stat))` over a leading seed
+  axis of `state` for at least `steps` environment steps, in `chunks` jitted scans.
+
+  If `stat_shape` is given, `step` returns a fourth output of that shape (per seed), summed
+  per chunk into `Curve.stats`.
+  """
   updates = max(1, int(steps) // steps_per_update)
   per_chunk = -(-updates // max(1, min(chunks, updates)))  # ceil: never fewer steps than asked
   chunks = -(-updates // per_chunk)
-  keys = jnp.stack([jax.random.PRNGKey(int(s)) for s in seeds])
-  state = jax.jit(jax.vmap(lambda k: init_agent(world, optimizer, k, num_envs)))(keys)
 
   @jax.jit
   def run_chunk(state):
-    def body(s, _):
-      return jax.vmap(lambda x: update(world, optimizer, cfg, x))(s)
-    state, (ret, eps, loss) = jax.lax.scan(body, state, length=per_chunk)
-    return state, ret.sum(0), eps.sum(0), loss.mean(0)
+    state, out = jax.lax.scan(lambda s, _: jax.vmap(step)(s), state, length=per_chunk)
+    ret, eps, loss = out[:3]
+    stat = out[3].sum(0) if stat_shape is not None else jnp.zeros(())
+    return state, ret.sum(0), eps.sum(0), loss.mean(0), stat
 
-  returns, losses = [], []
+  returns, losses, stats = [], [], []
   for c in range(chunks):
-    state, ret, eps, loss = run_chunk(state)
+    state, ret, eps, loss, stat = run_chunk(state)
     ret, eps = np.asarray(ret), np.asarray(eps)
     returns.append(np.where(eps > 0, ret / np.maximum(eps, 1), np.nan))
     losses.append(np.asarray(loss))
+    stats.append(np.asarray(stat))
     if progress is not None:
       progress(c, (c + 1) * per_chunk * steps_per_update, float(np.nanmean(returns[-1])))
   env_steps = np.arange(1, chunks + 1) * per_chunk * steps_per_update
-  return Curve(env_steps, np.stack(returns, 1), np.stack(losses, 1))
+  return Curve(env_steps, np.stack(returns, 1), np.stack(losses, 1),
+               np.stack(stats, 1) if stat_shape is not None else None)

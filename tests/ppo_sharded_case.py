@@ -1,0 +1,50 @@
+"""Run by test_ppo.py in a fresh process with 2 simulated host devices: the meta-gradient of
+PPO meta-training with units split over both devices equals the single-device one."""
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_force_host_platform_device_count=2")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from optim4rl import meta_ppo, rules  # noqa: E402
+from optim4rl.agents import ppo  # noqa: E402
+
+
+def rel_err(a, b) -> float:
+  a = np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(a)])
+  b = np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(b)])
+  return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def main():
+  assert len(jax.devices()) == 2, jax.devices()
+  cfg = meta_ppo.PPOMetaConfig(task="inverted_pendulum", units=4, reset_interval=2, batch_size=4,
+                               value_hidden=(16, 16), backend=sys.argv[1])
+  env, s = cfg.env(), cfg.settings()
+  nets = ppo.make_networks(env, s)
+  units = meta_ppo.init_units(env, nets, cfg, jax.random.split(jax.random.key(1), cfg.units))
+  meta = rules.init_meta_params(jax.random.key(0), cfg.rule)
+  single = jax.jit(meta_ppo.make_meta_step(env, nets, cfg))
+  sharded = jax.jit(meta_ppo.make_meta_step(env, nets, cfg, meta_ppo.units_mesh()))
+  u1 = u2 = units
+  for t in range(2):  # the second iteration resets half the units
+    key = jax.random.key(10 + t)
+    g1, u1, (r1, e1) = single(meta, u1, jnp.int32(t), key)
+    g2, u2, (r2, e2) = sharded(meta, u2, jnp.int32(t), key)
+    assert len(u2.params.policy["params"]) and \
+        len(jax.tree.leaves(u2)[0].sharding.device_set) == 2, "units are not split over devices"
+    # The two programs fuse differently, so they agree to rounding, not bit for bit.
+    assert rel_err(g2, g1) <= 1e-4, (t, rel_err(g2, g1))
+    assert rel_err(u2.params, u1.params) <= 1e-5, (t, rel_err(u2.params, u1.params))
+    assert rel_err(u2.opt_state, u1.opt_state) <= 1e-4, (t, rel_err(u2.opt_state, u1.opt_state))
+    assert float(e1) == float(e2) and abs(float(r1) - float(r2)) <= 1e-3 * max(1.0, abs(float(r1)))
+    assert max(float(jnp.abs(x).max()) for x in jax.tree.leaves(g1)) > 0, "zero meta-gradient"
+  print("sharded == single")
+
+
+if __name__ == "__main__":
+  main()

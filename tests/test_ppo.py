@@ -1,0 +1,84 @@
+"""PPO on Brax with (learned) optax optimizers, PPO meta-training, and its multi-device split."""
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optim4rl
+from optim4rl import gradients, meta_ppo, train_ppo
+from optim4rl.envs import brax_tasks
+
+HERE = os.path.dirname(__file__)
+
+
+def test_unknown_and_removed_tasks_are_refused():
+  with pytest.raises(ValueError, match="no longer part of Brax"):
+    brax_tasks.settings("ur5e")
+  with pytest.raises(ValueError, match="unknown Brax task"):
+    brax_tasks.make("antt")
+  with pytest.raises(ValueError, match="multiple of the number of envs"):
+    train_ppo.train("inverted_pendulum", optax.adam(1e-3), steps=10,
+                    settings=train_ppo.small("inverted_pendulum", num_envs=48))
+  with pytest.raises(ValueError, match="units"):
+    meta_ppo.PPOMetaConfig(task="inverted_pendulum", units=0)
+
+
+def test_every_listed_task_exists_in_brax():
+  from brax import envs
+  for name in brax_tasks.TASKS:
+    envs.get_environment(name)
+
+
+def test_adam_ppo_learns_inverted_pendulum():
+  # A random policy keeps the pole up for ~10 steps; 1000 is the episode limit.
+  curve = train_ppo.train("inverted_pendulum", optax.adam(3e-4), steps=150_000,
+                          settings=train_ppo.small("inverted_pendulum"), chunks=6)
+  first, last = curve.returns[0, 0], np.nanmean(curve.returns[0, -2:])
+  assert first < 50, first
+  assert last > 300, curve.returns
+
+
+def test_learned_optimizer_trains_ppo_and_records_gradients():
+  meta = optim4rl.init_meta_params(jax.random.key(0), "optim4rl_public")
+  tx = optim4rl.learned_optimizer(meta, rule="optim4rl_public", learning_rate=1e-3)
+  s = train_ppo.small("inverted_pendulum", value_hidden=(32, 32))
+  curve = train_ppo.train("inverted_pendulum", tx, steps=2 * 64 * 4 * 5, settings=s, chunks=2,
+                          seeds=(0, 1), grad_stat=gradients.log_histogram,
+                          stat_shape=(gradients.BINS,))
+  assert curve.stats.shape == (2, 2, gradients.BINS)
+  assert np.all(np.isfinite(curve.losses))
+  env = brax_tasks.make("inverted_pendulum")
+  from optim4rl.agents import ppo
+  params = ppo.init_params(env, ppo.make_networks(env, s), jax.random.PRNGKey(0))
+  n = sum(x.size for x in jax.tree.leaves(params))
+  steps = s.num_minibatches * s.num_updates_per_batch  # one update per chunk
+  np.testing.assert_array_equal(curve.stats.sum(-1), n * steps)
+
+
+def test_meta_ppo_gradient_is_finite_and_nonzero():
+  cfg = meta_ppo.PPOMetaConfig(task="inverted_pendulum", units=2, reset_interval=2, batch_size=2,
+                               value_hidden=(8,))
+  env, s = cfg.env(), cfg.settings()
+  from optim4rl.agents import ppo
+  nets = ppo.make_networks(env, s)
+  units = meta_ppo.init_units(env, nets, cfg, jax.random.split(jax.random.key(1), cfg.units))
+  meta = optim4rl.init_meta_params(jax.random.key(0), cfg.rule)
+  grads, units, (ret, eps) = jax.jit(meta_ppo.make_meta_step(env, nets, cfg))(
+      meta, units, jnp.int32(0), jax.random.key(2))
+  leaves = [np.asarray(g) for g in jax.tree.leaves(grads)]
+  assert all(np.all(np.isfinite(g)) for g in leaves)
+  assert max(np.abs(g).max() for g in leaves) > 0
+  assert jax.tree.structure(grads) == jax.tree.structure(meta)
+
+
+def test_meta_ppo_split_over_two_host_devices_matches_one_device():
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  out = subprocess.run([sys.executable, os.path.join(HERE, "ppo_sharded_case.py"), "cpu"],
+                       capture_output=True, text=True, env=env, timeout=900)
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+  assert "sharded == single" in out.stdout
