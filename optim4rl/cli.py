@@ -1,8 +1,10 @@
-"""Command line: meta-train, train, evaluate, bench.
+"""Command line: meta-train, train, evaluate, gradients, bench.
 
   python -m optim4rl meta-train --worlds small_dense_short --out runs/sds
+  python -m optim4rl meta-train --task ant --units 2048 --reset-interval 512 --out runs/ant
   python -m optim4rl train --world small_dense_short --optimizer adam
-  python -m optim4rl evaluate --world small_dense_short --optimizers adam optim4rl:runs/sds/meta.npz
+  python -m optim4rl evaluate --task ant --optimizers adam@3e-4 optim4rl:runs/six/meta.npz@3e-4
+  python -m optim4rl gradients --worlds big_dense_long --tasks ant humanoid
   python -m optim4rl bench --sizes 1e5 1e6
 """
 from __future__ import annotations
@@ -28,6 +30,40 @@ def _world_name(text: str) -> str:
   return text
 
 
+def _task_name(text: str) -> str:
+  from optim4rl.envs import brax_tasks
+  try:
+    brax_tasks.settings(text)
+  except ValueError as err:  # unknown, or used by the paper and since removed from Brax
+    raise argparse.ArgumentTypeError(str(err)) from None
+  return text
+
+
+def _trainer(args, steps: int):
+  """(environment name, run(tx, seeds=, progress=) -> Curve) for --world or --task."""
+  from optim4rl.train import train
+  if args.task:
+    from optim4rl import train_ppo
+    settings = train_ppo.small(args.task) if args.small else None
+    return args.task, lambda tx, **kw: train_ppo.train(args.task, tx, steps=steps,
+                                                       settings=settings, **kw)
+  from optim4rl import envs
+  world = envs.make(args.world)
+  return args.world, lambda tx, **kw: train(world, tx, steps=steps, num_envs=args.envs, **kw)
+
+
+def _optimizers(specs, env_name: str, backend, task: bool) -> dict:
+  """Specs with optional "@lr" -> optax optimizers, all built before any training."""
+  from optim4rl import evaluate as ev
+  optimizers = {}
+  for spec in specs:
+    name, _, lr = spec.rpartition("@") if "@" in spec else (spec, "", "")  # "adam@3e-3": its lr
+    lr = float(lr) if lr else ev.default_learning_rate(env_name)
+    # Brax's PPO runs its optimizers unclipped; the paper's gridworld configs clip at 1.
+    optimizers[spec] = ev.make_optimizer(name, lr, backend=backend, clip=None if task else 1.0)
+  return optimizers
+
+
 def _bar(total: int, desc: str, unit: str):
   return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True,
               file=sys.stderr)
@@ -44,64 +80,109 @@ def _train_progress(total_steps: int, desc: str):
   return report
 
 
-def cmd_meta_train(args):
+def _meta_config(args):
+  from optim4rl.evaluate import default_learning_rate
+  common = dict(rule=args.rule, units=args.units, envs_per_unit=args.envs_per_unit,
+                reset_interval=args.reset_interval, inner_updates=args.inner_updates,
+                iterations=args.iterations, meta_lr=args.meta_lr,
+                meta_grad_clip=args.meta_grad_clip, max_norm=args.max_norm, seed=args.seed,
+                backend=args.backend)
+  if args.task:
+    from optim4rl.meta_ppo import PPOMetaConfig
+    if args.lrs and len(args.lrs) != 1:
+      raise ValueError("PPO meta-training takes one agent learning rate")
+    lr = args.lrs[0] if args.lrs else default_learning_rate(args.task)
+    return PPOMetaConfig(task=args.task, agent_lr=lr, batch_size=args.batch_size, **common)
   from optim4rl.meta import MetaConfig
+  lrs = tuple(args.lrs) if args.lrs else tuple(default_learning_rate(w) for w in args.worlds)
+  return MetaConfig(worlds=tuple(args.worlds), agent_lrs=lrs, reward_scale=args.reward_scale,
+                    **common)
+
+
+def cmd_meta_train(args):
   from optim4rl.meta_train import meta_train
-  lrs = tuple(args.lrs) if args.lrs else (None,)
-  if lrs == (None,):
-    from optim4rl.evaluate import default_learning_rate
-    lrs = tuple(default_learning_rate(w) for w in args.worlds)
-  cfg = MetaConfig(worlds=tuple(args.worlds), agent_lrs=lrs, rule=args.rule, units=args.units,
-                   envs_per_unit=args.envs_per_unit, reset_interval=args.reset_interval,
-                   inner_updates=args.inner_updates, iterations=args.iterations,
-                   meta_lr=args.meta_lr, meta_grad_clip=args.meta_grad_clip,
-                   max_norm=args.max_norm, reward_scale=args.reward_scale, seed=args.seed,
-                   backend=args.backend)
-  bar = _bar(cfg.iterations, f"meta-train {'+'.join(cfg.worlds)}", "it")
+  cfg = _meta_config(args)
+  mesh = None
+  if args.devices > 1:
+    import jax
+    from optim4rl.meta_ppo import units_mesh
+    if args.devices > len(jax.devices()):
+      raise ValueError(f"--devices {args.devices}: only {len(jax.devices())} devices are visible")
+    mesh = units_mesh(jax.devices()[:args.devices])
+  names = [args.task] if args.task else cfg.worlds
+  bar = _bar(cfg.iterations, f"meta-train {'+'.join(names)}", "it")
 
   def report(iteration, row):
     bar.update(iteration - bar.n)
     rets = [v for k, v in row.items() if k.startswith("return_")]
     bar.set_postfix(ret=f"{sum(rets) / len(rets):.2f}", gnorm=f"{row['meta_grad_norm']:.2e}")
 
-  meta_train(cfg, args.out, checkpoint_every=args.checkpoint_every, progress=report)
+  meta_train(cfg, args.out, checkpoint_every=args.checkpoint_every, progress=report, mesh=mesh)
   bar.close()
   print(f"meta-parameters: {Path(args.out) / 'meta.npz'}  (log: {Path(args.out) / 'log.csv'})")
 
 
 def cmd_train(args):
-  from optim4rl import envs
-  from optim4rl.evaluate import default_learning_rate, make_optimizer
-  from optim4rl.train import train
-  world = envs.make(args.world)
-  lr = args.lr if args.lr is not None else default_learning_rate(args.world)
-  tx = make_optimizer(args.optimizer, lr, backend=args.backend)
-  curve = train(world, tx, steps=args.steps, num_envs=args.envs, seeds=(args.seed,),
-                progress=_train_progress(int(args.steps), f"{args.optimizer} on {args.world}"))
-  print(f"final return ({args.optimizer}, lr {lr:g}, seed {args.seed}): "
+  steps = int(args.steps)
+  name, run = _trainer(args, steps)
+  tx = _optimizers([args.optimizer + (f"@{args.lr}" if args.lr is not None else "")], name,
+                   args.backend, bool(args.task)).popitem()[1]
+  curve = run(tx, seeds=(args.seed,), progress=_train_progress(steps, f"{args.optimizer} on {name}"))
+  print(f"final return ({args.optimizer}, seed {args.seed}): "
         f"{curve.returns[0, -1]:.3f} after {curve.steps[-1]} steps")
 
 
 def cmd_evaluate(args):
-  from optim4rl import envs
   from optim4rl import evaluate as ev
-  world = envs.make(args.world)
-  optimizers = {}  # built before any training, so a bad spec fails at once
-  for spec in args.optimizers:
-    name, _, lr = spec.rpartition("@") if "@" in spec else (spec, "", "")  # "adam@3e-3": its lr
-    lr = float(lr) if lr else ev.default_learning_rate(args.world)
-    optimizers[spec] = ev.make_optimizer(name, lr, backend=args.backend)
-  results = ev.evaluate(world, optimizers, seeds=args.seeds, steps=int(args.steps),
-                        num_envs=args.envs,
-                        progress=lambda label: _train_progress(
-                            int(args.steps), f"{label} x{args.seeds} seeds"))
+  steps = int(args.steps)
+  name, run = _trainer(args, steps)
+  optimizers = _optimizers(args.optimizers, name, args.backend, bool(args.task))
+  results = ev.evaluate(run, optimizers, seeds=args.seeds,
+                        progress=lambda label: _train_progress(steps, f"{label} x{args.seeds} seeds"))
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   ev.write_csv(results, out / "curves.csv")
-  ev.plot(results, out / "returns.png", f"A2C on {args.world}, {args.seeds} seeds")
-  print(f"\n{args.world}, {int(args.steps):,} steps per agent")
+  agent = "PPO" if args.task else "A2C"
+  ev.plot(results, out / "returns.png", f"{agent} on {name}, {args.seeds} seeds")
+  print(f"\n{name}, {steps:,} steps per agent")
   print(ev.table(results))
   print(f"plot: {out / 'returns.png'}  curves: {out / 'curves.csv'}")
+
+
+def cmd_gradients(args):
+  """Agent-gradient distributions per task and stage, and how much the worlds cover the tasks."""
+  import numpy as np
+  from optim4rl import gradients as G
+  out = Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  hists = {}
+  jobs = [("world", w, int(args.world_steps)) for w in args.worlds]
+  jobs += [("task", t, int(args.task_steps)) for t in args.tasks]
+  for kind, name, steps in jobs:
+    ns = argparse.Namespace(world=name if kind == "world" else None,
+                            task=name if kind == "task" else None, small=args.small, envs=args.envs)
+    _, run = _trainer(ns, steps)
+    tx = _optimizers([args.optimizer], name, args.backend, kind == "task").popitem()[1]
+    curve = run(tx, seeds=(args.seed,), chunks=12, grad_stat=G.log_histogram,
+                stat_shape=(G.BINS,), progress=_train_progress(steps, f"gradients of {name}"))
+    for stage, counts in zip(("early", "middle", "late"), G.stages(curve.stats)):
+      hists[f"{name}/{stage}"] = counts
+  np.savez(out / "histograms.npz", edges=G.EDGES, **hists)
+  total = lambda name: sum(v for k, v in hists.items() if k.startswith(name + "/"))
+  worlds = np.stack([total(w) for w in args.worlds]) if args.worlds else None
+  lines = []
+  for name in args.tasks or args.worlds:
+    curves = {f"{name}, {k.split('/')[1]}": v for k, v in hists.items() if k.startswith(name + "/")}
+    if worlds is not None and name not in args.worlds:
+      curves["all gridworlds"] = worlds.sum(0)
+      lines.append(f"{name:<26} {G.coverage(total(name), worlds):8.3f}  " + "  ".join(
+          f"{G.coverage(total(name), total(w)):.3f}" for w in args.worlds))
+    G.plot(curves, out / f"gradients_{name}.png", f"agent-gradients ({args.optimizer})")
+  if lines:
+    print(f"\nshare of each task's agent-gradients inside the support of the gridworlds' "
+          f"(all; {', '.join(args.worlds)})")
+    print("\n".join(lines))
+  print(f"histograms: {out / 'histograms.npz'}  plots: {out}/gradients_*.png")
 
 
 def cmd_bench(args):
@@ -109,12 +190,28 @@ def cmd_bench(args):
   print(throughput_table([int(float(p)) for p in args.sizes], args.backends, args.rule))
 
 
+def _add_environment(p):
+  where = p.add_mutually_exclusive_group()
+  where.add_argument("--world", type=_world_name, default="small_dense_short")
+  where.add_argument("--task", type=_task_name, help="a Brax task (PPO) instead of a gridworld")
+  p.add_argument("--envs", type=_positive_int, default=512, help="gridworld envs per agent")
+  p.add_argument("--small", action="store_true",
+                 help="Brax: CPU-size PPO settings (64 envs, 4 minibatches of 64, 2 epochs)")
+
+
 def parser() -> argparse.ArgumentParser:
   ap = argparse.ArgumentParser(prog="optim4rl", description="Learned optimizers for RL.")
   sub = ap.add_subparsers(dest="command", required=True)
 
-  p = sub.add_parser("meta-train", help="meta-train a learned optimizer on A2C in gridworlds")
-  p.add_argument("--worlds", nargs="+", type=_world_name, default=["small_dense_short"])
+  p = sub.add_parser("meta-train", help="meta-train a learned optimizer: A2C on gridworlds "
+                     "(--worlds) or PPO on a Brax task (--task)")
+  where = p.add_mutually_exclusive_group()
+  where.add_argument("--worlds", nargs="+", type=_world_name, default=["small_dense_short"])
+  where.add_argument("--task", type=_task_name, help="a Brax task: PPO meta-training")
+  p.add_argument("--batch-size", type=_positive_int, default=8,
+                 help="PPO: trajectories per minibatch per unit")
+  p.add_argument("--devices", type=_positive_int, default=1,
+                 help="PPO: split the units over this many devices")
   p.add_argument("--lrs", nargs="+", type=float, help="agent learning rate(s), one per world")
   p.add_argument("--rule", default="optim4rl")
   p.add_argument("--units", type=_positive_int, default=512)
@@ -132,26 +229,38 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--out", required=True, help="run directory (resumes if it holds a checkpoint)")
   p.set_defaults(run=cmd_meta_train)
 
-  p = sub.add_parser("train", help="train one A2C agent with an optimizer")
-  p.add_argument("--world", type=_world_name, default="small_dense_short")
+  p = sub.add_parser("train", help="train one agent (A2C on a gridworld, PPO on a Brax task)")
+  _add_environment(p)
   p.add_argument("--optimizer", default="adam", help="adam | rmsprop | sgd | RULE:PATH")
   p.add_argument("--lr", type=float)
   p.add_argument("--steps", type=float, default=3e6)
-  p.add_argument("--envs", type=_positive_int, default=512)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--backend", default=None)
   p.set_defaults(run=cmd_train)
 
   p = sub.add_parser("evaluate", help="compare optimizers over seeds: table, CSV and plot")
-  p.add_argument("--world", type=_world_name, default="small_dense_short")
+  _add_environment(p)
   p.add_argument("--optimizers", nargs="+", default=["adam"],
                  help="specs, optionally with a learning rate: adam@1e-2 optim4rl:meta.npz")
   p.add_argument("--seeds", type=_positive_int, default=10)
   p.add_argument("--steps", type=float, default=3e6)
-  p.add_argument("--envs", type=_positive_int, default=512)
   p.add_argument("--backend", default=None)
   p.add_argument("--out", default="runs/evaluate")
   p.set_defaults(run=cmd_evaluate)
+
+  p = sub.add_parser("gradients", help="agent-gradient distributions of gridworlds and Brax "
+                     "tasks, and how much the worlds' cover the tasks'")
+  p.add_argument("--worlds", nargs="*", type=_world_name, default=["big_dense_long"])
+  p.add_argument("--tasks", nargs="*", type=_task_name, default=["ant", "humanoid"])
+  p.add_argument("--optimizer", default="adam", help="a spec, optionally @lr")
+  p.add_argument("--world-steps", type=float, default=3e6)
+  p.add_argument("--task-steps", type=float, default=1e7)
+  p.add_argument("--envs", type=_positive_int, default=512, help="gridworld envs per agent")
+  p.add_argument("--small", action="store_true", help="CPU-size PPO settings")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--backend", default=None)
+  p.add_argument("--out", default="runs/gradients")
+  p.set_defaults(run=cmd_gradients)
 
   p = sub.add_parser("bench", help="throughput of the fused optimizer step per backend")
   p.add_argument("--sizes", nargs="+", default=["1e5", "1e6"])

@@ -1,4 +1,5 @@
-"""Evaluation: train fresh A2C agents with fixed optimizers over several seeds and compare.
+"""Evaluation: train fresh agents (A2C on gridworlds, PPO on Brax) with fixed optimizers over
+several seeds and compare.
 
 Optimizers are named by specs: "adam", "rmsprop", "sgd" (optax, with the elementwise gradient
 clip of 1 used in the paper's configs), or "RULE:PATH" for a learned optimizer whose
@@ -17,23 +18,31 @@ import optax
 
 from optim4rl.envs import gridworld as gw
 from optim4rl.rules import RULES, load_meta_params
-from optim4rl.train import Curve, train
+from optim4rl.train import Curve
 from optim4rl.transform import learned_optimizer
 
 CLASSICAL = {"adam": optax.adam, "rmsprop": optax.rmsprop, "sgd": optax.sgd}
 
 
 def default_learning_rate(world_name: str) -> float:
-  """Agent learning rates of Appendix C.3: 1e-2 for the small worlds, 3e-3 for the big."""
+  """Agent learning rates of Appendix C.3: 1e-2 for the small worlds, 3e-3 for the big; for
+  Brax tasks, the learning rate of Brax's PPO example."""
+  if world_name not in gw.WORLD_NAMES:
+    from optim4rl.envs import brax_tasks
+    return brax_tasks.settings(world_name).learning_rate
   return 3e-3 if gw.make(world_name).is_big else 1e-2
 
 
-def make_optimizer(spec: str, learning_rate: float, *, clip: float = 1.0,
+def make_optimizer(spec: str, learning_rate: float, *, clip: float | None = 1.0,
                    backend: str | None = None) -> optax.GradientTransformation:
-  """The optax optimizer a spec names (see the module docstring); clear errors otherwise."""
+  """The optax optimizer a spec names (see the module docstring); clear errors otherwise.
+
+  `clip`: elementwise gradient clip of the classical optimizers (None: none, as in Brax's
+  PPO); a learned optimizer always clips at Algorithm 1's c (1 unless `clip` says otherwise)."""
   name, _, path = spec.partition(":")
   if name in CLASSICAL and not path:
-    return optax.chain(optax.clip(clip), CLASSICAL[name](learning_rate))
+    tx = CLASSICAL[name](learning_rate)
+    return optax.chain(optax.clip(clip), tx) if clip is not None else tx
   if name in RULES or name == "learned":
     if not path:
       raise ValueError(f"optimizer {spec!r}: a learned optimizer needs its meta-parameter file, "
@@ -41,8 +50,8 @@ def make_optimizer(spec: str, learning_rate: float, *, clip: float = 1.0,
     meta, rule = load_meta_params(path)
     if name != "learned" and rule != name:
       raise ValueError(f"optimizer {spec!r}: {path} holds meta-parameters of rule {rule!r}")
-    return learned_optimizer(meta, rule=rule, learning_rate=learning_rate, clip=clip,
-                             backend=backend)
+    return learned_optimizer(meta, rule=rule, learning_rate=learning_rate,
+                             clip=1.0 if clip is None else clip, backend=backend)
   raise ValueError(f"unknown optimizer {spec!r}; expected one of {sorted(CLASSICAL)} or "
                    f"RULE:PATH with RULE in {sorted(RULES)} or 'learned'")
 
@@ -67,15 +76,16 @@ def final_returns(curve: Curve) -> np.ndarray:
   return np.nanmean(curve.returns[:, -tail:], axis=1)
 
 
-def evaluate(world: gw.World, optimizers: dict[str, optax.GradientTransformation], *,
-             seeds: int, steps: int, num_envs: int = 512, chunks: int = 50,
-             progress: Callable[[str], Callable[[int, int, float], None]] | None = None
+def evaluate(run: Callable[..., Curve], optimizers: dict[str, optax.GradientTransformation], *,
+             seeds: int, progress: Callable[[str], Callable[[int, int, float], None]] | None = None
              ) -> list[Result]:
-  """Train `seeds` fresh agents per optimizer (label -> optax optimizer)."""
+  """Train `seeds` fresh agents per optimizer (label -> optax optimizer).
+
+  `run(tx, seeds=..., progress=...) -> Curve` trains them, e.g. `train.train` on a gridworld
+  or `train_ppo.train` on a Brax task with everything but those arguments bound."""
   results = []
   for label, tx in optimizers.items():
-    curve = train(world, tx, steps=steps, num_envs=num_envs, seeds=range(seeds), chunks=chunks,
-                  progress=progress(label) if progress else None)
+    curve = run(tx, seeds=range(seeds), progress=progress(label) if progress else None)
     results.append(Result(label, curve, final_returns(curve)))
   return results
 

@@ -33,11 +33,14 @@ def support(counts, min_mass: float = 1e-4) -> np.ndarray:
 
 
 def coverage(test_counts, train_counts, min_mass: float = 1e-4) -> float:
-  """Fraction of the test distribution's mass inside the training distribution's support."""
+  """Fraction of the test distribution's mass inside the training support: that of one
+  histogram (BINS,), or the union of the supports of several (k, BINS), each task's own."""
   test = np.asarray(test_counts, np.float64)
   if test.sum() == 0:
     raise ValueError("the test histogram is empty")
-  return float(test[support(train_counts, min_mass)].sum() / test.sum())
+  train = np.atleast_2d(np.asarray(train_counts, np.float64))
+  covered = np.any([support(t, min_mass) for t in train], axis=0)
+  return float(test[covered].sum() / test.sum())
 
 
 def stages(stats: np.ndarray, count: int = 3) -> list[np.ndarray]:

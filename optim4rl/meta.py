@@ -116,10 +116,15 @@ def task_meta_gradient(meta, units: Unit, t, reset_key, world: gw.World, cfg: Me
   grads, (units, (ret, eps)) = jax.vmap(grad_fn, (None, 0, None, None, None))(
       meta, units, world, cfg, lr)
   grads = jax.tree.map(lambda g: jnp.mean(g, axis=0), grads)
-  if cfg.max_norm > 0:
-    norm = global_norm(grads)
-    grads = jax.tree.map(lambda g: g * (cfg.max_norm / jnp.maximum(norm, 1e-12)), grads)
-  return grads, units, (ret.sum(), eps.sum())
+  return rescale(grads, cfg.max_norm), units, (ret.sum(), eps.sum())
+
+
+def rescale(grads, max_norm: float):
+  """The paper's max-norm option: a task's meta-gradient rescaled to `max_norm` (if > 0)."""
+  if max_norm <= 0:
+    return grads
+  norm = global_norm(grads)
+  return jax.tree.map(lambda g: g * (max_norm / jnp.maximum(norm, 1e-12)), grads)
 
 
 def global_norm(tree):

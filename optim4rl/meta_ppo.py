@@ -18,11 +18,11 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from optim4rl.agents import ppo
 from optim4rl.envs import brax_tasks
-from optim4rl.meta import reset_offsets
+from optim4rl.meta import rescale, reset_offsets
 from optim4rl.rules import get_rule
 from optim4rl.transform import init_state, learned_optimizer
 
@@ -40,13 +40,19 @@ class PPOMetaConfig:
   batch_size: int = 8          # trajectories per minibatch, per unit
   unroll_length: int | None = None      # default: the task's
   value_hidden: tuple[int, ...] = (64, 64, 64, 64, 64)  # the paper's smaller value net for Ant
+  iterations: int = 1000
+  meta_lr: float = 3e-4
+  meta_grad_clip: float = 1.0  # clip of the meta-gradient's global norm (<= 0: none)
+  max_norm: float = -1.0       # > 0: rescale the meta-gradient to this norm
+  seed: int = 0
   backend: str | None = None   # learned-optimizer kernel backend
   physics: str | None = None   # Brax pipeline
 
   def __post_init__(self):
     brax_tasks.settings(self.task)
     get_rule(self.rule)
-    for field in ("units", "envs_per_unit", "reset_interval", "inner_updates", "batch_size"):
+    for field in ("units", "envs_per_unit", "reset_interval", "inner_updates", "batch_size",
+                  "iterations"):
       if getattr(self, field) < 1:
         raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
 
@@ -133,9 +139,29 @@ def make_meta_step(env, nets, cfg: PPOMetaConfig, mesh: Mesh | None = None):
           local, mesh=mesh, in_specs=(P(), P("units"), P("units"), P("units")),
           out_specs=(P(), P("units"), P()),
           check_vma=False)(meta, units, fresh, due)  # Brax's solver loops fail the vma check
-    return jax.tree.map(lambda g: g / cfg.units, grads), units, (stats[0], stats[1])
+    grads = jax.tree.map(lambda g: g / cfg.units, grads)
+    return rescale(grads, cfg.max_norm), units, (stats[0], stats[1])
 
   return step
+
+
+def tasks(cfg: PPOMetaConfig, mesh: Mesh | None = None):
+  """The PPO task for `meta_train.meta_train` (one task: cfg.task)."""
+  from optim4rl.meta_train import Tasks
+  env, s = cfg.env(), cfg.settings()
+  nets = ppo.make_networks(env, s)
+  if mesh is not None and cfg.units % mesh.size:
+    raise ValueError(f"{cfg.units} units do not split evenly over {mesh.size} devices")
+
+  def init(key):
+    key, k_units = jax.random.split(key)
+    units = init_units(env, nets, cfg, jax.random.split(k_units, cfg.units))
+    if mesh is not None:
+      units = jax.device_put(units, NamedSharding(mesh, P("units")))
+    return key, (units,)
+
+  per_iteration = cfg.units * (cfg.inner_updates + 1) * s.batch_size * s.unroll_length * s.action_repeat
+  return Tasks([cfg.task], init, [jax.jit(make_meta_step(env, nets, cfg, mesh))], per_iteration)
 
 
 def units_mesh(devices=None) -> Mesh:

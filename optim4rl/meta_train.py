@@ -12,7 +12,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,27 +26,54 @@ from optim4rl.rules import init_meta_params, save_meta_params
 LOG_FIELDS = ("iteration", "seconds", "env_steps", "meta_grad_norm")
 
 
-def _initial_state(cfg: meta_lib.MetaConfig):
+class Tasks(NamedTuple):
+  """What the loop needs from a kind of meta-training (A2C on gridworlds, PPO on Brax)."""
+  names: list[str]
+  init_units: Callable        # key -> (key, tuple of unit batches, one per task)
+  steps: list[Callable]       # per task, jitted: (meta, units, t, key) -> (grads, units, (ret, eps))
+  env_steps_per_iteration: int
+
+
+def gridworld_tasks(cfg: meta_lib.MetaConfig) -> Tasks:
+  """A2C on each of cfg.worlds; one jitted function per world (their shapes differ)."""
+  def init_units(key):
+    units = []
+    for i in range(len(cfg.worlds)):
+      key, k_units = jax.random.split(key)
+      world = cfg.world(i)
+      units.append(jax.vmap(lambda k: meta_lib.init_unit(world, cfg.rule, cfg.envs_per_unit, k))(
+          jax.random.split(k_units, cfg.units)))
+    return key, tuple(units)
+
+  steps = []
+  for i in range(len(cfg.worlds)):
+    world, lr = cfg.world(i), cfg.agent_lr(i)
+    steps.append(jax.jit(lambda meta, units, t, k, world=world, lr=lr:
+                         meta_lib.task_meta_gradient(meta, units, t, k, world, cfg, lr)))
+  per_world = cfg.units * cfg.envs_per_unit * A2CConfig().rollout * (cfg.inner_updates + 1)
+  return Tasks(list(cfg.worlds), init_units, steps, per_world * len(cfg.worlds))
+
+
+def _tasks(cfg, mesh) -> Tasks:
+  from optim4rl import meta_ppo
+  if isinstance(cfg, meta_ppo.PPOMetaConfig):
+    return meta_ppo.tasks(cfg, mesh)
+  if mesh is not None:
+    raise ValueError("splitting units over devices is implemented for PPO meta-training only")
+  return gridworld_tasks(cfg)
+
+
+def _initial_state(cfg, tasks: Tasks):
   key = jax.random.PRNGKey(cfg.seed)
   k_meta, key = jax.random.split(key)
   meta = init_meta_params(k_meta, cfg.rule)
-  units = []
-  for i in range(len(cfg.worlds)):
-    key, k_units = jax.random.split(key)
-    world = cfg.world(i)
-    units.append(jax.vmap(lambda k: meta_lib.init_unit(world, cfg.rule, cfg.envs_per_unit, k))(
-        jax.random.split(k_units, cfg.units)))
+  key, units = tasks.init_units(key)
   return {"meta": meta, "meta_opt": meta_lib.meta_optimizer(cfg).init(meta),
-          "units": tuple(units), "iteration": jnp.zeros([], jnp.int32), "key": key}
+          "units": units, "iteration": jnp.zeros([], jnp.int32), "key": key}
 
 
-def _step_functions(cfg: meta_lib.MetaConfig):
-  """One jitted function per task (their shapes differ) and one for the meta-update."""
-  tasks = []
-  for i in range(len(cfg.worlds)):
-    world, lr = cfg.world(i), cfg.agent_lr(i)
-    tasks.append(jax.jit(lambda meta, units, t, k, world=world, lr=lr:
-                         meta_lib.task_meta_gradient(meta, units, t, k, world, cfg, lr)))
+def _apply_function(cfg):
+  """The jitted meta-update: average the tasks' meta-gradients, one meta-optimizer step."""
   opt = meta_lib.meta_optimizer(cfg)
 
   @jax.jit
@@ -55,7 +82,7 @@ def _step_functions(cfg: meta_lib.MetaConfig):
     updates, opt_state = opt.update(grads, opt_state, meta)
     return optax.apply_updates(meta, updates), opt_state, meta_lib.global_norm(grads)
 
-  return tasks, apply
+  return apply
 
 
 def _check_config(run_dir: Path, cfg: meta_lib.MetaConfig):
@@ -90,34 +117,37 @@ def _truncate_log(path: Path, iteration: int) -> float:
   return float(rows[-1]["seconds"])
 
 
-def meta_train(cfg: meta_lib.MetaConfig, run_dir: str | Path, *, checkpoint_every: int = 50,
-               progress: Callable[[int, dict], None] | None = None):
-  """Meta-train (or resume) in `run_dir`; returns the final meta-parameters."""
+def meta_train(cfg, run_dir: str | Path, *, checkpoint_every: int = 50,
+               progress: Callable[[int, dict], None] | None = None, mesh=None):
+  """Meta-train (or resume) in `run_dir`; returns the final meta-parameters.
+
+  `cfg`: a `meta.MetaConfig` (A2C on gridworlds) or a `meta_ppo.PPOMetaConfig` (PPO on
+  Brax; `mesh`, a `meta_ppo.units_mesh`, splits its units over devices)."""
   run_dir = Path(run_dir).absolute()
   run_dir.mkdir(parents=True, exist_ok=True)
   _check_config(run_dir, cfg)
-  state = _initial_state(cfg)
+  tasks = _tasks(cfg, mesh)
+  state = _initial_state(cfg, tasks)
   manager = ocp.CheckpointManager(run_dir / "checkpoints",
                                   options=ocp.CheckpointManagerOptions(max_to_keep=2))
   if manager.latest_step() is not None:
     state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(state))
-  tasks, apply = _step_functions(cfg)
+  apply = _apply_function(cfg)
   log_path = run_dir / "log.csv"
-  names = list(cfg.worlds)
+  names = tasks.names
   fields = [*LOG_FIELDS, *(f"return_{n}" for n in names)]
   start = int(state["iteration"])
   seconds_before = _truncate_log(log_path, start)
   new_log = not log_path.exists()
-  env_steps_per_iter = cfg.units * cfg.envs_per_unit * A2CConfig().rollout * (cfg.inner_updates + 1)
   t0 = time.time() - seconds_before
   with open(log_path, "a", newline="") as log_file:
     log = csv.DictWriter(log_file, fieldnames=fields)
     if new_log:
       log.writeheader()
     for t in range(start, cfg.iterations):
-      key, *task_keys = jax.random.split(state["key"], len(tasks) + 1)
+      key, *task_keys = jax.random.split(state["key"], len(tasks.steps) + 1)
       grads, units, row = [], [], {}
-      for i, task in enumerate(tasks):
+      for i, task in enumerate(tasks.steps):
         g, u, (ret, eps) = task(state["meta"], state["units"][i], jnp.int32(t), task_keys[i])
         grads.append(g)
         units.append(u)
@@ -130,7 +160,7 @@ def meta_train(cfg: meta_lib.MetaConfig, run_dir: str | Path, *, checkpoint_ever
       state = {"meta": meta, "meta_opt": opt_state, "units": tuple(units),
                "iteration": jnp.int32(t + 1), "key": key}
       row.update(iteration=t + 1, seconds=round(time.time() - t0, 3),
-                 env_steps=(t + 1) * env_steps_per_iter * len(tasks),
+                 env_steps=(t + 1) * tasks.env_steps_per_iteration,
                  meta_grad_norm=float(norm))
       log.writerow(row)
       if (t + 1) % checkpoint_every == 0 or t + 1 == cfg.iterations:

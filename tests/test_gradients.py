@@ -24,6 +24,9 @@ def test_coverage_and_stages():
   test[90:110] = 1.0
   assert gradients.coverage(test, train) == pytest.approx(0.5)
   assert gradients.coverage(train, train) == 1.0
+  other = np.zeros(gradients.BINS)
+  other[105:110] = 1e6  # a task with far more parameters must not hide the first's support
+  assert gradients.coverage(test, np.stack([train, other])) == pytest.approx(0.75)
   with pytest.raises(ValueError, match="empty"):
     gradients.coverage(np.zeros(gradients.BINS), train)
   stats = np.ones((2, 6, gradients.BINS))  # seeds, chunks, bins

@@ -82,3 +82,39 @@ def test_meta_ppo_split_over_two_host_devices_matches_one_device():
                        capture_output=True, text=True, env=env, timeout=900)
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
   assert "sharded == single" in out.stdout
+
+
+def test_ppo_meta_training_from_the_cli_resumes_exactly(tmp_path, capsys):
+  from optim4rl.cli import main
+
+  def run(out, iterations):
+    return main(["meta-train", "--task", "inverted_pendulum", "--units", "2", "--batch-size", "2",
+                 "--reset-interval", "2", "--iterations", str(iterations), "--checkpoint-every",
+                 "1", "--out", str(tmp_path / out)])
+  assert run("whole", 2) == 0
+  assert run("split", 1) == 0
+  assert run("split", 2) == 0  # resumes from iteration 1
+  whole, rule = optim4rl.load_meta_params(tmp_path / "whole" / "meta.npz")
+  resumed, _ = optim4rl.load_meta_params(tmp_path / "split" / "meta.npz")
+  np.testing.assert_array_equal(optim4rl.flatten_meta(whole, rule),
+                                optim4rl.flatten_meta(resumed, rule))
+  fresh = optim4rl.init_meta_params(jax.random.PRNGKey(0), rule)
+  assert not np.array_equal(optim4rl.flatten_meta(whole, rule), optim4rl.flatten_meta(fresh, rule))
+  rows = (tmp_path / "split" / "log.csv").read_text().strip().splitlines()
+  assert rows[0].split(",")[-1] == "return_inverted_pendulum" and len(rows) == 3
+
+
+def test_cli_evaluates_a_learned_optimizer_on_brax(tmp_path, capsys):
+  from optim4rl.cli import main
+  meta = optim4rl.init_meta_params(jax.random.key(0), "optim4rl_public")
+  optim4rl.save_meta_params(tmp_path / "meta.npz", meta, "optim4rl_public")
+  code = main(["evaluate", "--task", "inverted_pendulum", "--small", "--seeds", "2", "--steps",
+               "5120", "--optimizers", "adam", f"learned:{tmp_path / 'meta.npz'}@1e-3",
+               "--out", str(tmp_path / "eval")])
+  assert code == 0
+  text = capsys.readouterr().out
+  assert "inverted_pendulum" in text and "learned:" in text and "+-" in text
+  assert (tmp_path / "eval" / "returns.png").stat().st_size > 1000
+  with pytest.raises(SystemExit):
+    main(["train", "--task", "ur5e"])
+  assert "no longer part of Brax" in capsys.readouterr().err
