@@ -72,8 +72,13 @@ class Result(NamedTuple):
 
 
 def final_returns(curve: Curve) -> np.ndarray:
-  tail = max(1, curve.returns.shape[1] // 10)
-  return np.nanmean(curve.returns[:, -tail:], axis=1)
+  """Per seed, the mean over the last tenth of the chunks in which episodes ended (long
+  episodes, e.g. Brax's 1000 steps, leave some chunks without any); NaN if none did."""
+  finals = []
+  for returns in curve.returns:
+    seen = returns[~np.isnan(returns)]
+    finals.append(seen[-max(1, len(seen) // 10):].mean() if len(seen) else np.nan)
+  return np.asarray(finals)
 
 
 def evaluate(run: Callable[..., Curve], optimizers: dict[str, optax.GradientTransformation], *,
@@ -113,10 +118,16 @@ def plot(results: list[Result], path: Path, title: str):
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6, 4))
   for r in results:
-    mean = np.nanmean(r.curve.returns, axis=0)
-    err = np.nanstd(r.curve.returns, axis=0) / np.sqrt(r.curve.returns.shape[0])
-    ax.plot(r.curve.steps, mean, label=r.label)
-    ax.fill_between(r.curve.steps, mean - err, mean + err, alpha=0.25)
+    seen = ~np.isnan(r.curve.returns)
+    count = seen.sum(0)
+    keep = count > 0  # chunks in which some seed's episodes ended
+    returns = np.where(seen, r.curve.returns, 0.0)[:, keep]
+    count = count[keep]
+    mean = returns.sum(0) / count
+    var = (np.where(seen[:, keep], returns - mean, 0.0) ** 2).sum(0) / count
+    err = np.sqrt(var / count)
+    ax.plot(r.curve.steps[keep], mean, label=r.label)
+    ax.fill_between(r.curve.steps[keep], mean - err, mean + err, alpha=0.25)
   ax.set_xlabel("environment steps")
   ax.set_ylabel("episode return")
   ax.set_title(title)

@@ -106,7 +106,8 @@ def run_chunks(step: Callable, state, *, steps: int, steps_per_update: int, chun
     losses.append(np.asarray(loss))
     stats.append(np.asarray(stat))
     if progress is not None:
-      progress(c, (c + 1) * per_chunk * steps_per_update, float(np.nanmean(returns[-1])))
+      seen = returns[-1][~np.isnan(returns[-1])]
+      progress(c, (c + 1) * per_chunk * steps_per_update, float(seen.mean()) if len(seen) else np.nan)
   env_steps = np.arange(1, chunks + 1) * per_chunk * steps_per_update
   return Curve(env_steps, np.stack(returns, 1), np.stack(losses, 1),
                np.stack(stats, 1) if stat_shape is not None else None)

@@ -43,6 +43,15 @@ def main():
     assert rel_err(u2.opt_state, u1.opt_state) <= 1e-4, (t, rel_err(u2.opt_state, u1.opt_state))
     assert float(e1) == float(e2) and abs(float(r1) - float(r2)) <= 1e-3 * max(1.0, abs(float(r1)))
     assert max(float(jnp.abs(x).max()) for x in jax.tree.leaves(g1)) > 0, "zero meta-gradient"
+  # End to end: the meta-training loop with its units split over both devices, resumed.
+  import dataclasses
+  import tempfile
+  from optim4rl.meta_train import meta_train
+  with tempfile.TemporaryDirectory() as run_dir:
+    cfg = dataclasses.replace(cfg, iterations=1)
+    meta_train(cfg, run_dir, mesh=meta_ppo.units_mesh())
+    meta2 = meta_train(dataclasses.replace(cfg, iterations=2), run_dir, mesh=meta_ppo.units_mesh())
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(meta2))
   print("sharded == single")
 
 

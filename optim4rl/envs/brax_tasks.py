@@ -8,6 +8,7 @@ walker2d have none there and take halfcheetah's.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 REMOVED = ("ur5e", "grasp", "fetch")
 
@@ -72,6 +73,8 @@ def make(name: str, *, episode_length: int | None = None, action_repeat: int | N
   from brax import envs
   s = settings(name)
   kwargs = {"backend": backend} if backend else {}
-  env = envs.get_environment(name, **kwargs)
+  with warnings.catch_warnings():  # Brax's notice that its own envs are no longer maintained
+    warnings.filterwarnings("ignore", message="Brax System, piplines and environments")
+    env = envs.get_environment(name, **kwargs)
   return envs.training.wrap(env, episode_length=episode_length or s.episode_length,
                             action_repeat=action_repeat or s.action_repeat)
