@@ -125,6 +125,8 @@ def make_meta_step(env, nets, cfg: PPOMetaConfig, mesh: Mesh | None = None):
   """
   s = cfg.settings()
   offsets = reset_offsets(cfg.units, cfg.reset_interval)
+  if mesh is not None and cfg.units % mesh.size:
+    raise ValueError(f"{cfg.units} units do not split evenly over {mesh.size} devices")
 
   def step(meta, units, t, key):
     fresh = init_units(env, nets, cfg, jax.random.split(key, cfg.units))
@@ -150,8 +152,6 @@ def tasks(cfg: PPOMetaConfig, mesh: Mesh | None = None):
   from optim4rl.meta_train import Tasks
   env, s = cfg.env(), cfg.settings()
   nets = ppo.make_networks(env, s)
-  if mesh is not None and cfg.units % mesh.size:
-    raise ValueError(f"{cfg.units} units do not split evenly over {mesh.size} devices")
 
   def init(key):
     key, k_units = jax.random.split(key)
@@ -161,7 +161,8 @@ def tasks(cfg: PPOMetaConfig, mesh: Mesh | None = None):
     return key, (units,)
 
   per_iteration = cfg.units * (cfg.inner_updates + 1) * s.batch_size * s.unroll_length * s.action_repeat
-  return Tasks([cfg.task], init, [jax.jit(make_meta_step(env, nets, cfg, mesh))], per_iteration)
+  return Tasks([cfg.task], init, [jax.jit(make_meta_step(env, nets, cfg, mesh))], per_iteration,
+               mesh)
 
 
 def units_mesh(devices=None) -> Mesh:

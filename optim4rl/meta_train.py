@@ -12,7 +12,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +32,7 @@ class Tasks(NamedTuple):
   init_units: Callable        # key -> (key, tuple of unit batches, one per task)
   steps: list[Callable]       # per task, jitted: (meta, units, t, key) -> (grads, units, (ret, eps))
   env_steps_per_iteration: int
+  mesh: Any = None            # units split over this mesh; the rest of the state replicated on it
 
 
 def gridworld_tasks(cfg: meta_lib.MetaConfig) -> Tasks:
@@ -68,8 +69,12 @@ def _initial_state(cfg, tasks: Tasks):
   k_meta, key = jax.random.split(key)
   meta = init_meta_params(k_meta, cfg.rule)
   key, units = tasks.init_units(key)
-  return {"meta": meta, "meta_opt": meta_lib.meta_optimizer(cfg).init(meta),
-          "units": units, "iteration": jnp.zeros([], jnp.int32), "key": key}
+  rest = {"meta": meta, "meta_opt": meta_lib.meta_optimizer(cfg).init(meta),
+          "iteration": jnp.zeros([], jnp.int32), "key": key}
+  if tasks.mesh is not None:
+    from jax.sharding import NamedSharding, PartitionSpec
+    rest = jax.device_put(rest, NamedSharding(tasks.mesh, PartitionSpec()))
+  return {**rest, "units": units}
 
 
 def _apply_function(cfg):
