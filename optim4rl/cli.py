@@ -85,7 +85,8 @@ def _meta_config(args):
   common = dict(rule=args.rule, units=args.units, envs_per_unit=args.envs_per_unit,
                 reset_interval=args.reset_interval, inner_updates=args.inner_updates,
                 iterations=args.iterations, meta_lr=args.meta_lr,
-                meta_grad_clip=args.meta_grad_clip, max_norm=args.max_norm, seed=args.seed,
+                meta_grad_clip=args.meta_grad_clip, max_norm=args.max_norm,
+                average_decay=args.average_decay, seed=args.seed,
                 backend=args.backend)
   if args.task:
     from optim4rl.meta_ppo import PPOMetaConfig
@@ -222,6 +223,9 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--meta-lr", type=float, default=1e-3)
   p.add_argument("--meta-grad-clip", type=float, default=1.0)
   p.add_argument("--max-norm", type=float, default=-1.0)
+  p.add_argument("--average-decay", type=float, default=0.0,
+                 help="> 0: also save an exponential moving average of the meta-parameters "
+                      "(meta_avg.npz) with this decay per iteration")
   p.add_argument("--reward-scale", default="auto")
   p.add_argument("--checkpoint-every", type=_positive_int, default=50)
   p.add_argument("--seed", type=int, default=0)

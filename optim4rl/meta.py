@@ -34,6 +34,7 @@ class MetaConfig:
   meta_lr: float = 1e-3
   meta_grad_clip: float = 1.0    # clip of the meta-gradient's global norm (<= 0: none)
   max_norm: float = -1.0         # > 0: rescale each task's meta-gradient to this norm
+  average_decay: float = 0.0   # > 0: also keep an exponential moving average of the meta-params
   reward_scale: str = "auto"     # "auto": the paper's scales when several worlds, else 1
   clip: float = 1.0              # gradient clip c of the learned optimizer
   seed: int = 0
@@ -48,6 +49,8 @@ class MetaConfig:
       raise ValueError(f"give one agent learning rate or one per world ({len(self.worlds)}), "
                        f"got {len(self.agent_lrs)}")
     get_rule(self.rule)
+    if not 0.0 <= self.average_decay < 1.0:
+      raise ValueError(f"average_decay must be in [0, 1), got {self.average_decay}")
     for field in ("units", "envs_per_unit", "reset_interval", "inner_updates", "iterations"):
       if getattr(self, field) < 1:
         raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")

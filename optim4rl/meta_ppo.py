@@ -44,6 +44,7 @@ class PPOMetaConfig:
   meta_lr: float = 3e-4
   meta_grad_clip: float = 1.0  # clip of the meta-gradient's global norm (<= 0: none)
   max_norm: float = -1.0       # > 0: rescale the meta-gradient to this norm
+  average_decay: float = 0.0   # > 0: also keep an exponential moving average of the meta-params
   seed: int = 0
   backend: str | None = None   # learned-optimizer kernel backend
   physics: str | None = None   # Brax pipeline
@@ -51,6 +52,8 @@ class PPOMetaConfig:
   def __post_init__(self):
     brax_tasks.settings(self.task)
     get_rule(self.rule)
+    if not 0.0 <= self.average_decay < 1.0:
+      raise ValueError(f"average_decay must be in [0, 1), got {self.average_decay}")
     for field in ("units", "envs_per_unit", "reset_interval", "inner_updates", "batch_size",
                   "iterations"):
       if getattr(self, field) < 1:

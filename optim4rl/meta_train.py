@@ -1,7 +1,8 @@
 """The meta-training loop: iterations over tasks, meta-updates, logs and resumable checkpoints.
 
 A run directory holds config.json, log.csv (one row per iteration), meta.npz (the latest
-meta-parameters, loadable by `optim4rl.load_meta_params`) and checkpoints/ (orbax, the full
+meta-parameters, loadable by `optim4rl.load_meta_params`), meta_avg.npz (their exponential
+moving average, if `average_decay` > 0) and checkpoints/ (orbax, the full
 state: meta-parameters, meta-optimizer state, every unit's agent, optimizer state and worlds,
 the iteration and the PRNG key). Starting a run in a directory with a checkpoint resumes it.
 """
@@ -56,12 +57,14 @@ def gridworld_tasks(cfg: meta_lib.MetaConfig) -> Tasks:
 
 
 def _tasks(cfg, mesh) -> Tasks:
-  from optim4rl import meta_ppo
-  if isinstance(cfg, meta_ppo.PPOMetaConfig):
-    return meta_ppo.tasks(cfg, mesh)
-  if mesh is not None:
-    raise ValueError("splitting units over devices is implemented for PPO meta-training only")
-  return gridworld_tasks(cfg)
+  if isinstance(cfg, meta_lib.MetaConfig):
+    if mesh is not None:
+      raise ValueError("splitting units over devices is implemented for PPO meta-training only")
+    return gridworld_tasks(cfg)
+  from optim4rl import meta_ppo  # imports Brax
+  if not isinstance(cfg, meta_ppo.PPOMetaConfig):
+    raise TypeError(f"expected a MetaConfig or PPOMetaConfig, got {type(cfg).__name__}")
+  return meta_ppo.tasks(cfg, mesh)
 
 
 def _initial_state(cfg, tasks: Tasks):
@@ -69,7 +72,7 @@ def _initial_state(cfg, tasks: Tasks):
   k_meta, key = jax.random.split(key)
   meta = init_meta_params(k_meta, cfg.rule)
   key, units = tasks.init_units(key)
-  rest = {"meta": meta, "meta_opt": meta_lib.meta_optimizer(cfg).init(meta),
+  rest = {"meta": meta, "meta_opt": meta_lib.meta_optimizer(cfg).init(meta), "meta_avg": meta,
           "iteration": jnp.zeros([], jnp.int32), "key": key}
   if tasks.mesh is not None:
     from jax.sharding import NamedSharding, PartitionSpec
@@ -78,19 +81,23 @@ def _initial_state(cfg, tasks: Tasks):
 
 
 def _apply_function(cfg):
-  """The jitted meta-update: average the tasks' meta-gradients, one meta-optimizer step."""
+  """The jitted meta-update: average the tasks' meta-gradients, one meta-optimizer step, and
+  the moving average of the meta-parameters (decay cfg.average_decay)."""
   opt = meta_lib.meta_optimizer(cfg)
+  decay = cfg.average_decay
 
   @jax.jit
-  def apply(meta, opt_state, grads):
+  def apply(meta, opt_state, avg, grads):
     grads = jax.tree.map(lambda *g: jnp.mean(jnp.stack(g), axis=0), *grads)
     updates, opt_state = opt.update(grads, opt_state, meta)
-    return optax.apply_updates(meta, updates), opt_state, meta_lib.global_norm(grads)
+    meta = optax.apply_updates(meta, updates)
+    avg = jax.tree.map(lambda a, m: decay * a + (1 - decay) * m, avg, meta)
+    return meta, opt_state, avg, meta_lib.global_norm(grads)
 
   return apply
 
 
-def _check_config(run_dir: Path, cfg: meta_lib.MetaConfig):
+def _check_config(run_dir: Path, cfg):
   path = run_dir / "config.json"
   mine = dataclasses.asdict(cfg)
   if path.exists():
@@ -98,6 +105,9 @@ def _check_config(run_dir: Path, cfg: meta_lib.MetaConfig):
     resumable = {k: v for k, v in mine.items() if k != "iterations"}
     stored = {k: (tuple(v) if isinstance(v, list) else v) for k, v in theirs.items()
               if k != "iterations"}
+    # Fields added since a run started take their defaults there.
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    stored = {k: stored.get(k, defaults[k]) for k in resumable}
     if stored != resumable:
       diff = {k: (stored.get(k), v) for k, v in resumable.items() if stored.get(k) != v}
       raise ValueError(f"{run_dir} holds a run with another configuration (stored, given): "
@@ -158,11 +168,11 @@ def meta_train(cfg, run_dir: str | Path, *, checkpoint_every: int = 50,
         units.append(u)
         eps = float(eps)
         row[f"return_{names[i]}"] = float(ret) / eps if eps > 0 else float("nan")
-      meta, opt_state, norm = apply(state["meta"], state["meta_opt"], grads)
+      meta, opt_state, avg, norm = apply(state["meta"], state["meta_opt"], state["meta_avg"], grads)
       if not bool(jnp.isfinite(norm)):
         raise FloatingPointError(f"meta-gradient is not finite at iteration {t}; the last "
                                  f"checkpoint in {run_dir} is intact")
-      state = {"meta": meta, "meta_opt": opt_state, "units": tuple(units),
+      state = {"meta": meta, "meta_opt": opt_state, "meta_avg": avg, "units": tuple(units),
                "iteration": jnp.int32(t + 1), "key": key}
       row.update(iteration=t + 1, seconds=round(time.time() - t0, 3),
                  env_steps=(t + 1) * tasks.env_steps_per_iteration,
@@ -173,6 +183,8 @@ def meta_train(cfg, run_dir: str | Path, *, checkpoint_every: int = 50,
         manager.save(t + 1, args=ocp.args.StandardSave(state))
         manager.wait_until_finished()
         save_meta_params(run_dir / "meta.npz", state["meta"], cfg.rule)
+        if cfg.average_decay > 0:
+          save_meta_params(run_dir / "meta_avg.npz", state["meta_avg"], cfg.rule)
       if progress is not None:
         progress(t + 1, row)
   manager.close()

@@ -83,3 +83,18 @@ def test_killed_run_resumes_exactly(tmp_path):
                                 optim4rl.flatten_meta(resumed, rule))
   with pytest.raises(ValueError, match="another configuration"):
     meta_train(dataclasses.replace(TINY, units=8), tmp_path / "split")
+
+
+def test_moving_average_of_meta_parameters(tmp_path):
+  cfg = dataclasses.replace(TINY, iterations=1, average_decay=0.25)
+  meta_train(cfg, tmp_path)
+  meta1, rule = optim4rl.load_meta_params(tmp_path / "meta.npz")
+  avg, _ = optim4rl.load_meta_params(tmp_path / "meta_avg.npz")
+  k_meta, _ = jax.random.split(jax.random.PRNGKey(cfg.seed))
+  meta0 = optim4rl.init_meta_params(k_meta, rule)
+  flat = lambda m: np.asarray(optim4rl.flatten_meta(m, rule))
+  assert not np.allclose(flat(meta1), flat(meta0))
+  np.testing.assert_allclose(flat(avg), 0.25 * flat(meta0) + 0.75 * flat(meta1), rtol=1e-6,
+                             atol=1e-7)
+  with pytest.raises(ValueError, match="average_decay"):
+    dataclasses.replace(TINY, average_decay=1.0)
