@@ -45,8 +45,11 @@ def _trainer(args, steps: int):
   if args.task:
     from optim4rl import train_ppo
     settings = train_ppo.small(args.task) if args.small else None
+    eval_envs = getattr(args, "eval_envs", 0)
+    if eval_envs is None:  # Brax's 128, or 16 at CPU size
+      eval_envs = 16 if args.small else 128
     return args.task, lambda tx, **kw: train_ppo.train(args.task, tx, steps=steps,
-                                                       settings=settings, **kw)
+                                                       settings=settings, eval_envs=eval_envs, **kw)
   from optim4rl import envs
   world = envs.make(args.world)
   return args.world, lambda tx, **kw: train(world, tx, steps=steps, num_envs=args.envs, **kw)
@@ -198,6 +201,10 @@ def _add_environment(p):
   p.add_argument("--envs", type=_positive_int, default=512, help="gridworld envs per agent")
   p.add_argument("--small", action="store_true",
                  help="Brax: CPU-size PPO settings (64 envs, 4 minibatches of 64, 2 epochs)")
+  p.add_argument("--eval-envs", type=int, default=None,
+                 help="Brax: score each chunk by deterministic episodes in this many envs, as "
+                      "Brax does (default 128, 16 with --small; 0: returns of the training "
+                      "episodes)")
 
 
 def parser() -> argparse.ArgumentParser:

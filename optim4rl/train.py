@@ -80,12 +80,14 @@ def train(world: gw.World, optimizer: optax.GradientTransformation, *, steps: in
 
 def run_chunks(step: Callable, state, *, steps: int, steps_per_update: int, chunks: int,
                progress: Callable[[int, int, float], None] | None = None,
-               stat_shape: tuple[int, ...] | None = None) -> Curve:
+               stat_shape: tuple[int, ...] | None = None,
+               evaluate: Callable | None = None) -> Curve:
   """Run `step(state) -> (state, (return sum, episodes, loss, *stat))` over a leading seed
   axis of `state` for at least `steps` environment steps, in `chunks` jitted scans.
 
   If `stat_shape` is given, `step` returns a fourth output of that shape (per seed), summed
-  per chunk into `Curve.stats`.
+  per chunk into `Curve.stats`. If `evaluate(state) -> (seeds,)` is given, it scores the
+  agents after each chunk and its returns replace those of the training episodes.
   """
   updates = max(1, int(steps) // steps_per_update)
   per_chunk = -(-updates // max(1, min(chunks, updates)))  # ceil: never fewer steps than asked
@@ -102,7 +104,8 @@ def run_chunks(step: Callable, state, *, steps: int, steps_per_update: int, chun
   for c in range(chunks):
     state, ret, eps, loss, stat = run_chunk(state)
     ret, eps = np.asarray(ret), np.asarray(eps)
-    returns.append(np.where(eps > 0, ret / np.maximum(eps, 1), np.nan))
+    returns.append(np.where(eps > 0, ret / np.maximum(eps, 1), np.nan) if evaluate is None
+                   else np.asarray(evaluate(state)))
     losses.append(np.asarray(loss))
     stats.append(np.asarray(stat))
     if progress is not None:

@@ -19,10 +19,13 @@ from optim4rl.train import Curve, run_chunks
 def train(task: str, optimizer: optax.GradientTransformation, *, steps: int | None = None,
           seeds=(0,), settings: brax_tasks.PPOSettings | None = None, chunks: int = 20,
           backend: str | None = None, progress: Callable[[int, int, float], None] | None = None,
-          grad_stat: Callable | None = None, stat_shape: tuple[int, ...] | None = None) -> Curve:
+          grad_stat: Callable | None = None, stat_shape: tuple[int, ...] | None = None,
+          eval_envs: int = 0) -> Curve:
   """Train one fresh PPO agent per seed on the Brax `task` for `steps` environment steps
   (default: the task's budget). `settings` overrides the task's PPO settings; `backend` picks
-  Brax's physics pipeline. Returns are the undiscounted, unscaled episode returns."""
+  Brax's physics pipeline. Returns are undiscounted and unscaled: with `eval_envs` > 0, those
+  of deterministic evaluation episodes in that many fresh envs after each chunk (as Brax
+  reports), else those of the training episodes that ended in each chunk."""
   s = settings or brax_tasks.settings(task)
   env = brax_tasks.make(task, episode_length=s.episode_length, action_repeat=s.action_repeat,
                         backend=backend)
@@ -32,9 +35,14 @@ def train(task: str, optimizer: optax.GradientTransformation, *, steps: int | No
   state = jax.jit(jax.vmap(lambda k: ppo.init(env, nets, optimizer, k, s.num_envs)))(keys)
 
   step = lambda st: ppo.update(env, nets, optimizer, s, st, grad_stat)
+  evaluate = None
+  if eval_envs > 0:  # fresh envs from a key the training run never uses
+    evaluate = jax.jit(jax.vmap(lambda st: ppo.evaluate(
+        env, nets, st, jax.random.fold_in(st.key, 7), eval_envs, s)))
   return run_chunks(step, state, steps=steps or s.num_timesteps,
                     steps_per_update=ppo.env_steps_per_update(s), chunks=chunks,
-                    progress=progress, stat_shape=stat_shape if grad_stat is not None else None)
+                    progress=progress, stat_shape=stat_shape if grad_stat is not None else None,
+                    evaluate=evaluate)
 
 
 def small(task: str, **changes) -> brax_tasks.PPOSettings:

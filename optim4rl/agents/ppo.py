@@ -151,5 +151,27 @@ def update(env, nets, optimizer: optax.GradientTransformation, s: PPOSettings, s
           (ret_sum, episodes, jnp.mean(losses), stats))
 
 
+def evaluate(env, nets, state: PPOState, key, num_envs: int, s: PPOSettings):
+  """Mean return of one full episode in each of `num_envs` fresh envs with the deterministic
+  policy (the policy's mode), as Brax's evaluator scores its PPO agents."""
+  policy = ppo_networks.make_inference_fn(nets)(
+      (state.normalizer, state.params.policy, state.params.value), deterministic=True)
+  keys = jax.random.split(key, num_envs)
+  if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+    keys = jax.random.key_data(keys)
+
+  def act(carry, _):
+    env_state, total, alive = carry
+    action, _ = policy(env_state.obs, None)
+    env_state = env.step(env_state, action)
+    total = total + alive * env_state.reward
+    return (env_state, total, alive * (1.0 - env_state.done)), None
+
+  zeros = jnp.zeros(num_envs)
+  (_, total, _), _ = jax.lax.scan(act, (env.reset(keys), zeros, zeros + 1.0), None,
+                                  length=-(-s.episode_length // s.action_repeat))
+  return jnp.mean(total)
+
+
 def env_steps_per_update(s: PPOSettings) -> int:
   return s.batch_size * s.num_minibatches * s.unroll_length * s.action_repeat
