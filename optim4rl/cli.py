@@ -178,7 +178,7 @@ def cmd_gradients(args):
   for name in args.tasks or args.worlds:
     curves = {f"{name}, {k.split('/')[1]}": v for k, v in hists.items() if k.startswith(name + "/")}
     if worlds is not None and name not in args.worlds:
-      curves["all gridworlds"] = worlds.sum(0)
+      curves["all gridworlds"] = (worlds / worlds.sum(1, keepdims=True)).mean(0)  # equal weights
       lines.append(f"{name:<26} {G.coverage(total(name), worlds):8.3f}  " + "  ".join(
           f"{G.coverage(total(name), total(w)):.3f}" for w in args.worlds))
     G.plot(curves, out / f"gradients_{name}.png", f"agent-gradients ({args.optimizer})")

@@ -124,3 +124,19 @@ def test_cli_evaluates_a_learned_optimizer_on_brax(tmp_path, capsys):
   with pytest.raises(SystemExit):
     main(["train", "--task", "ur5e"])
   assert "no longer part of Brax" in capsys.readouterr().err
+
+
+def test_cli_gradient_distributions(tmp_path, capsys):
+  from optim4rl.cli import main
+  code = main(["gradients", "--worlds", "small_dense_short", "--tasks", "inverted_pendulum",
+               "--small", "--world-steps", "20480", "--envs", "64", "--task-steps", "5120",
+               "--out", str(tmp_path)])
+  assert code == 0
+  lines = capsys.readouterr().out.splitlines()
+  row = next(line for line in lines if line.startswith("inverted_pendulum"))
+  shares = [float(x) for x in row.split()[1:]]
+  assert len(shares) == 2 and all(0.0 <= x <= 1.0 for x in shares) and shares[0] == shares[1]
+  hists = np.load(tmp_path / "histograms.npz")
+  assert {"small_dense_short/early", "inverted_pendulum/late", "edges"} <= set(hists.files)
+  assert hists["inverted_pendulum/late"].sum() > 0
+  assert (tmp_path / "gradients_inverted_pendulum.png").stat().st_size > 1000
