@@ -58,6 +58,7 @@ class PPOMetaConfig:
                   "iterations"):
       if getattr(self, field) < 1:
         raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
+    self.settings()  # batch and env counts must fit together
 
   def settings(self) -> brax_tasks.PPOSettings:
     s = brax_tasks.settings(self.task)

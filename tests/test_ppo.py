@@ -26,6 +26,8 @@ def test_unknown_and_removed_tasks_are_refused():
                     settings=train_ppo.small("inverted_pendulum", num_envs=48))
   with pytest.raises(ValueError, match="units"):
     meta_ppo.PPOMetaConfig(task="inverted_pendulum", units=0)
+  with pytest.raises(ValueError, match="multiple of the number of envs"):
+    meta_ppo.PPOMetaConfig(task="inverted_pendulum", envs_per_unit=3, batch_size=2)
 
 
 def test_every_listed_task_exists_in_brax():
