@@ -12,18 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
-import sys
 
-from optim4rl.profile import M_STEPS, machine_info, measure
+from optim4rl.profile import M_STEPS, in_fresh_process, machine_info, measure, peak_rss_gb
 
 
 def run_one(kind: str, backend: str, size: int) -> dict:
   """One measurement in this process (called in a fresh subprocess for clean peak memory)."""
   row = measure(kind, backend, size)
   if kind == "meta":
-    row["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    row["peak_rss_gb"] = peak_rss_gb()
   return row
 
 
@@ -43,15 +40,13 @@ def main():
     jobs = [("forward", b) for b in args.backends] + [("forward", "optax.adam")]
     jobs += [("meta", b) for b in args.backends]
     for kind, backend in jobs:
-      out = subprocess.run([sys.executable, __file__, "--one", kind, backend, str(size)],
-                           capture_output=True, text=True)
-      if out.returncode != 0:  # e.g. killed for memory: record it, keep going
-        rows.append({"kind": kind, "backend": backend, "P": size, "rate": float("nan"),
-                     "error": f"exit {out.returncode}: {out.stderr[-500:]}"})
-        print(f"{kind:8s} {backend:11s} P={size:>9,d}  failed (exit {out.returncode})", flush=True)
-        continue
-      row = {"kind": kind, "backend": backend, "P": size, **json.loads(out.stdout.splitlines()[-1])}
+      row = {"kind": kind, "backend": backend, "P": size,
+             **in_fresh_process(__file__, kind, backend, str(size))}
       rows.append(row)
+      if "error" in row:  # e.g. killed for memory: recorded, keep going
+        row["rate"] = float("nan")
+        print(f"{kind:8s} {backend:11s} P={size:>9,d}  failed ({row['error'][:40]})", flush=True)
+        continue
       print(f"{kind:8s} {backend:11s} P={size:>9,d}  {row['rate'] / 1e6:10.2f} M/s"
             + (f"  peak {row['peak_rss_gb']:.2f} GB" if "peak_rss_gb" in row else ""), flush=True)
 

@@ -14,15 +14,10 @@ import argparse
 import csv
 import json
 import os
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 
-
-def _peak_gb() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+from optim4rl.profile import in_fresh_process, machine_info, peak_rss_gb
 
 
 def a2c_rate(world_name: str, optimizer: str, envs: int, updates: int, backend: str | None) -> dict:
@@ -40,7 +35,7 @@ def a2c_rate(world_name: str, optimizer: str, envs: int, updates: int, backend: 
   train(world, tx, steps=4 * steps_per_chunk, num_envs=envs, chunks=4,
         progress=lambda c, s, r: stamps.append((time.perf_counter(), s)))
   (t0, s0), (t1, s1) = stamps[0], stamps[-1]  # chunk 0 includes compilation
-  return {"env_steps_per_s": (s1 - s0) / (t1 - t0), "peak_rss_gb": _peak_gb()}
+  return {"env_steps_per_s": (s1 - s0) / (t1 - t0), "peak_rss_gb": peak_rss_gb()}
 
 
 def meta_rate(world_name: str, units: int, iterations: int, backend: str | None) -> dict:
@@ -56,7 +51,7 @@ def meta_rate(world_name: str, units: int, iterations: int, backend: str | None)
   seconds = float(last["seconds"]) - float(first["seconds"])
   steps = int(last["env_steps"]) - int(first["env_steps"])
   return {"env_steps_per_s": steps / seconds, "seconds_per_iteration": seconds / (len(rows) - 1),
-          "compile_and_first_iteration_s": float(first["seconds"]), "peak_rss_gb": _peak_gb()}
+          "compile_and_first_iteration_s": float(first["seconds"]), "peak_rss_gb": peak_rss_gb()}
 
 
 def main():
@@ -83,20 +78,16 @@ def main():
   rows = []
   print(f"{args.world}: environment steps/s (compilation excluded), peak resident memory")
   for kind, arg in jobs:
-    out = subprocess.run([sys.executable, __file__, "--one", kind, arg, *common],
-                         capture_output=True, text=True)
     label = (f"A2C training, {arg}, {args.envs} worlds" if kind == "a2c"
              else f"meta-training, n = {arg} units")
-    if out.returncode != 0:  # e.g. killed for memory: record it, keep going
-      rows.append({"kind": kind, "arg": arg, "error": f"exit {out.returncode}: {out.stderr[-500:]}"})
-      print(f"  {label:40s} failed (exit {out.returncode})", flush=True)
-      continue
-    row = {"kind": kind, "arg": arg, "label": label, **json.loads(out.stdout.splitlines()[-1])}
+    row = {"kind": kind, "arg": arg, "label": label, **in_fresh_process(__file__, kind, arg, *common)}
     rows.append(row)
+    if "error" in row:  # e.g. killed for memory: recorded, keep going
+      print(f"  {label:40s} failed ({row['error'][:40]})", flush=True)
+      continue
     print(f"  {label:40s} {row['env_steps_per_s'] / 1e3:9.1f} k steps/s   peak "
           f"{row['peak_rss_gb']:.2f} GB", flush=True)
 
-  from optim4rl.profile import machine_info
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   with open(args.out, "w") as f:
     json.dump({"benchmark": "rl", "world": args.world, "backend": args.backend or "default",

@@ -55,16 +55,15 @@ def _trainer(args, steps: int):
   return args.world, lambda tx, **kw: train(world, tx, steps=steps, num_envs=args.envs, **kw)
 
 
-def _optimizers(specs, env_name: str, backend, task: bool) -> dict:
-  """Specs with optional "@lr" -> optax optimizers, all built before any training."""
+def _optimizer(spec: str, env_name: str, backend, task: bool, lr: float | None = None):
+  """The optax optimizer of a spec with an optional "@lr" ("adam@3e-3"); `lr` overrides it,
+  and without either the environment's default learning rate applies."""
   from optim4rl import evaluate as ev
-  optimizers = {}
-  for spec in specs:
-    name, _, lr = spec.rpartition("@") if "@" in spec else (spec, "", "")  # "adam@3e-3": its lr
-    lr = float(lr) if lr else ev.default_learning_rate(env_name)
-    # Brax's PPO runs its optimizers unclipped; the paper's gridworld configs clip at 1.
-    optimizers[spec] = ev.make_optimizer(name, lr, backend=backend, clip=None if task else 1.0)
-  return optimizers
+  name, _, spec_lr = spec.rpartition("@") if "@" in spec else (spec, "", "")
+  if lr is None:
+    lr = float(spec_lr) if spec_lr else ev.default_learning_rate(env_name)
+  # Brax's PPO runs its optimizers unclipped; the paper's gridworld configs clip at 1.
+  return ev.make_optimizer(name, lr, backend=backend, clip=None if task else 1.0)
 
 
 def _bar(total: int, desc: str, unit: str):
@@ -129,8 +128,7 @@ def cmd_meta_train(args):
 def cmd_train(args):
   steps = int(args.steps)
   name, run = _trainer(args, steps)
-  tx = _optimizers([args.optimizer + (f"@{args.lr}" if args.lr is not None else "")], name,
-                   args.backend, bool(args.task)).popitem()[1]
+  tx = _optimizer(args.optimizer, name, args.backend, bool(args.task), lr=args.lr)
   curve = run(tx, seeds=(args.seed,), progress=_train_progress(steps, f"{args.optimizer} on {name}"))
   print(f"final return ({args.optimizer}, seed {args.seed}): "
         f"{curve.returns[0, -1]:.3f} after {curve.steps[-1]} steps")
@@ -140,7 +138,9 @@ def cmd_evaluate(args):
   from optim4rl import evaluate as ev
   steps = int(args.steps)
   name, run = _trainer(args, steps)
-  optimizers = _optimizers(args.optimizers, name, args.backend, bool(args.task))
+  # All built before any training, so a bad spec fails at once.
+  optimizers = {spec: _optimizer(spec, name, args.backend, bool(args.task))
+                for spec in args.optimizers}
   results = ev.evaluate(run, optimizers, seeds=args.seeds,
                         progress=lambda label: _train_progress(steps, f"{label} x{args.seeds} seeds"))
   out = Path(args.out)
@@ -166,9 +166,9 @@ def cmd_gradients(args):
     ns = argparse.Namespace(world=name if kind == "world" else None,
                             task=name if kind == "task" else None, small=args.small, envs=args.envs)
     _, run = _trainer(ns, steps)
-    tx = _optimizers([args.optimizer], name, args.backend, kind == "task").popitem()[1]
+    tx = _optimizer(args.optimizer, name, args.backend, kind == "task")
     curve = run(tx, seeds=(args.seed,), chunks=12, grad_stat=G.log_histogram,
-                stat_shape=(G.BINS,), progress=_train_progress(steps, f"gradients of {name}"))
+                progress=_train_progress(steps, f"gradients of {name}"))
     for stage, counts in zip(("early", "middle", "late"), G.stages(curve.stats)):
       hists[f"{name}/{stage}"] = counts
   np.savez(out / "histograms.npz", edges=G.EDGES, **hists)

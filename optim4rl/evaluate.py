@@ -118,14 +118,10 @@ def plot(results: list[Result], path: Path, title: str):
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6, 4))
   for r in results:
-    seen = ~np.isnan(r.curve.returns)
-    count = seen.sum(0)
-    keep = count > 0  # chunks in which some seed's episodes ended
-    returns = np.where(seen, r.curve.returns, 0.0)[:, keep]
-    count = count[keep]
-    mean = returns.sum(0) / count
-    var = (np.where(seen[:, keep], returns - mean, 0.0) ** 2).sum(0) / count
-    err = np.sqrt(var / count)
+    keep = ~np.all(np.isnan(r.curve.returns), axis=0)  # chunks in which some episode ended
+    returns = r.curve.returns[:, keep]
+    mean = np.nanmean(returns, axis=0)
+    err = np.nanstd(returns, axis=0) / np.sqrt(np.sum(~np.isnan(returns), axis=0))
     ax.plot(r.curve.steps[keep], mean, label=r.label)
     ax.fill_between(r.curve.steps[keep], mean - err, mean + err, alpha=0.25)
   ax.set_xlabel("environment steps")

@@ -69,6 +69,25 @@ def measure(kind: str, backend: str, size: int, rule: str = "optim4rl") -> dict:
   return {"seconds": seconds, "rate": M_STEPS * size / seconds}
 
 
+def peak_rss_gb() -> float:
+  """Peak resident memory of this process so far, in GiB (Linux reports KiB)."""
+  import resource
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def in_fresh_process(script: str, *args: str) -> dict:
+  """Run `python script --one ARGS...` (a benchmark measuring one thing and printing a JSON
+  line last), so its peak memory is its own; a failure (e.g. killed for memory) comes back as
+  {"error": ...} instead of stopping the benchmark."""
+  import json
+  import subprocess
+  import sys
+  out = subprocess.run([sys.executable, script, "--one", *args], capture_output=True, text=True)
+  if out.returncode != 0:
+    return {"error": f"exit {out.returncode}: {out.stderr[-500:]}"}
+  return json.loads(out.stdout.splitlines()[-1])
+
+
 def machine_info() -> dict:
   import jaxlib
   cpu = "unknown"

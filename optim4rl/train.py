@@ -63,30 +63,27 @@ def _total(world, params, rollout, cfg):
 def train(world: gw.World, optimizer: optax.GradientTransformation, *, steps: int,
           num_envs: int = 512, seeds=(0,), cfg: a2c.A2CConfig = a2c.A2CConfig(),
           chunks: int = 50, progress: Callable[[int, int, float], None] | None = None,
-          grad_stat: Callable | None = None, stat_shape: tuple[int, ...] | None = None) -> Curve:
+          grad_stat: Callable | None = None) -> Curve:
   """Train one fresh agent per seed for `steps` environment steps (per seed, all envs).
 
   The run is split into `chunks` jitted scans; each chunk reports the mean return of the
   episodes that ended in it. `progress(chunk, env_steps, mean_return)` is called after each.
-  `grad_stat` (with its output's `stat_shape`) is summed over each chunk's updates.
+  `grad_stat(grads)` (optional) is summed over each chunk's updates into `Curve.stats`.
   """
   keys = jnp.stack([jax.random.PRNGKey(int(s)) for s in seeds])
   state = jax.jit(jax.vmap(lambda k: init_agent(world, optimizer, k, num_envs)))(keys)
   step = lambda s: update(world, optimizer, cfg, s, grad_stat)
   return run_chunks(step, state, steps=steps, steps_per_update=num_envs * cfg.rollout,
-                    chunks=chunks, progress=progress,
-                    stat_shape=stat_shape if grad_stat is not None else None)
+                    chunks=chunks, progress=progress)
 
 
 def run_chunks(step: Callable, state, *, steps: int, steps_per_update: int, chunks: int,
                progress: Callable[[int, int, float], None] | None = None,
-               stat_shape: tuple[int, ...] | None = None,
                evaluate: Callable | None = None) -> Curve:
   """Run `step(state) -> (state, (return sum, episodes, loss, *stat))` over a leading seed
   axis of `state` for at least `steps` environment steps, in `chunks` jitted scans.
 
-  If `stat_shape` is given, `step` returns a fourth output of that shape (per seed), summed
-  per chunk into `Curve.stats`. If `evaluate(state) -> (seeds,)` is given, it scores the
+  A fourth output of `step`, if any, is summed per chunk into `Curve.stats`. If `evaluate(state) -> (seeds,)` is given, it scores the
   agents after each chunk and its returns replace those of the training episodes.
   """
   updates = max(1, int(steps) // steps_per_update)
@@ -97,7 +94,7 @@ def run_chunks(step: Callable, state, *, steps: int, steps_per_update: int, chun
   def run_chunk(state):
     state, out = jax.lax.scan(lambda s, _: jax.vmap(step)(s), state, length=per_chunk)
     ret, eps, loss = out[:3]
-    stat = out[3].sum(0) if stat_shape is not None else jnp.zeros(())
+    stat = out[3].sum(0) if len(out) > 3 else None
     return state, ret.sum(0), eps.sum(0), loss.mean(0), stat
 
   returns, losses, stats = [], [], []
@@ -107,10 +104,10 @@ def run_chunks(step: Callable, state, *, steps: int, steps_per_update: int, chun
     returns.append(np.where(eps > 0, ret / np.maximum(eps, 1), np.nan) if evaluate is None
                    else np.asarray(evaluate(state)))
     losses.append(np.asarray(loss))
-    stats.append(np.asarray(stat))
+    stats.append(None if stat is None else np.asarray(stat))
     if progress is not None:
       seen = returns[-1][~np.isnan(returns[-1])]
       progress(c, (c + 1) * per_chunk * steps_per_update, float(seen.mean()) if len(seen) else np.nan)
   env_steps = np.arange(1, chunks + 1) * per_chunk * steps_per_update
   return Curve(env_steps, np.stack(returns, 1), np.stack(losses, 1),
-               np.stack(stats, 1) if stat_shape is not None else None)
+               None if stats[0] is None else np.stack(stats, 1))

@@ -19,8 +19,7 @@ from optim4rl.train import Curve, run_chunks
 def train(task: str, optimizer: optax.GradientTransformation, *, steps: int | None = None,
           seeds=(0,), settings: brax_tasks.PPOSettings | None = None, chunks: int = 20,
           backend: str | None = None, progress: Callable[[int, int, float], None] | None = None,
-          grad_stat: Callable | None = None, stat_shape: tuple[int, ...] | None = None,
-          eval_envs: int = 0) -> Curve:
+          grad_stat: Callable | None = None, eval_envs: int = 0) -> Curve:
   """Train one fresh PPO agent per seed on the Brax `task` for `steps` environment steps
   (default: the task's budget). `settings` overrides the task's PPO settings; `backend` picks
   Brax's physics pipeline. Returns are undiscounted and unscaled: with `eval_envs` > 0, those
@@ -41,8 +40,7 @@ def train(task: str, optimizer: optax.GradientTransformation, *, steps: int | No
         env, nets, st, jax.random.fold_in(st.key, 7), eval_envs, s)))
   return run_chunks(step, state, steps=steps or s.num_timesteps,
                     steps_per_update=ppo.env_steps_per_update(s), chunks=chunks,
-                    progress=progress, stat_shape=stat_shape if grad_stat is not None else None,
-                    evaluate=evaluate)
+                    progress=progress, evaluate=evaluate)
 
 
 def small(task: str, **changes) -> brax_tasks.PPOSettings:

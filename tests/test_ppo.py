@@ -56,13 +56,12 @@ def test_learned_optimizer_trains_ppo_and_records_gradients():
   tx = optim4rl.learned_optimizer(meta, rule="optim4rl_public", learning_rate=1e-3)
   s = train_ppo.small("inverted_pendulum", value_hidden=(32, 32))
   curve = train_ppo.train("inverted_pendulum", tx, steps=2 * 64 * 4 * 5, settings=s, chunks=2,
-                          seeds=(0, 1), grad_stat=gradients.log_histogram,
-                          stat_shape=(gradients.BINS,))
+                          seeds=(0, 1), grad_stat=gradients.log_histogram)
   assert curve.stats.shape == (2, 2, gradients.BINS)
   assert np.all(np.isfinite(curve.losses))
   env = brax_tasks.make("inverted_pendulum")
   from optim4rl.agents import ppo
-  params = ppo.init_params(env, ppo.make_networks(env, s), jax.random.PRNGKey(0))
+  params = ppo.init_params(ppo.make_networks(env, s), jax.random.PRNGKey(0))
   n = sum(x.size for x in jax.tree.leaves(params))
   steps = s.num_minibatches * s.num_updates_per_batch  # one update per chunk
   np.testing.assert_array_equal(curve.stats.sum(-1), n * steps)

@@ -51,21 +51,26 @@ def make_networks(env, s: PPOSettings) -> ppo_networks.PPONetworks:
                                         value_hidden_layer_sizes=s.value_hidden)
 
 
-def init_params(env, nets: ppo_networks.PPONetworks, key) -> Params:
+def init_params(nets: ppo_networks.PPONetworks, key) -> Params:
   k_pol, k_val = jax.random.split(key)
   return Params(policy=nets.policy_network.init(k_pol), value=nets.value_network.init(k_val))
 
 
 def init(env, nets, optimizer: optax.GradientTransformation, key, num_envs: int) -> PPOState:
   k_params, k_env, k_run = jax.random.split(key, 3)
-  params = init_params(env, nets, k_params)
+  params = init_params(nets, k_params)
   normalizer = running_statistics.init_state(
       specs.Array((env.observation_size,), jnp.dtype("float32")))
-  env_keys = jax.random.split(k_env, num_envs)
-  if jnp.issubdtype(env_keys.dtype, jax.dtypes.prng_key):  # Brax wants raw uint32 keys
-    env_keys = jax.random.key_data(env_keys)
-  env_state = env.reset(env_keys)
+  env_state = env.reset(_env_keys(k_env, num_envs))
   return PPOState(params, optimizer.init(params), normalizer, env_state, k_run)
+
+
+def _env_keys(key, num_envs: int):
+  """`num_envs` keys for `env.reset`: Brax wants raw uint32 keys, not typed ones."""
+  keys = jax.random.split(key, num_envs)
+  if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+    keys = jax.random.key_data(keys)
+  return keys
 
 
 def collect(env, nets, params: Params, normalizer, env_state, key, s: PPOSettings):
@@ -118,10 +123,9 @@ def observe(normalizer, data, s: PPOSettings):
 
 def update(env, nets, optimizer: optax.GradientTransformation, s: PPOSettings, state: PPOState,
            grad_stat=None):
-  """One PPO training step: (new state, (return sum, episodes, mean loss, grad stats)).
-
-  `grad_stat(grads) -> array` (optional) is summed over the step's minibatch updates, e.g.
-  a histogram of the agent-gradients.
+  """One PPO training step: (new state, (return sum, episodes, mean loss)), plus the sum of
+  `grad_stat(grads)` over the step's minibatch updates as a fourth output if given (e.g. a
+  histogram of the agent-gradients), as `train.update` does for A2C.
   """
   key, k_roll, k_sgd = jax.random.split(state.key, 3)
   env_state, data = collect(env, nets, state.params, state.normalizer, state.env_state, k_roll, s)
@@ -133,7 +137,7 @@ def update(env, nets, optimizer: optax.GradientTransformation, s: PPOSettings, s
     key, k_loss = jax.random.split(key)
     grads, metrics = grad_fn(params, mb, k_loss)
     updates, opt_state = optimizer.update(grads, opt_state, params)
-    stat = grad_stat(grads) if grad_stat is not None else jnp.zeros(())
+    stat = grad_stat(grads) if grad_stat is not None else None
     return (optax.apply_updates(params, updates), opt_state, key), (metrics["total_loss"], stat)
 
   def epoch(carry, _):
@@ -145,10 +149,10 @@ def update(env, nets, optimizer: optax.GradientTransformation, s: PPOSettings, s
 
   (params, opt_state, _), (losses, stats) = jax.lax.scan(
       epoch, (state.params, state.opt_state, k_sgd), None, length=s.num_updates_per_batch)
-  ret_sum, episodes = episode_stats(data)
-  stats = jnp.sum(stats, axis=(0, 1))
-  return (PPOState(params, opt_state, normalizer, env_state, key),
-          (ret_sum, episodes, jnp.mean(losses), stats))
+  out = (*episode_stats(data), jnp.mean(losses))
+  if grad_stat is not None:
+    out += (jnp.sum(stats, axis=(0, 1)),)
+  return PPOState(params, opt_state, normalizer, env_state, key), out
 
 
 def evaluate(env, nets, state: PPOState, key, num_envs: int, s: PPOSettings):
@@ -156,9 +160,6 @@ def evaluate(env, nets, state: PPOState, key, num_envs: int, s: PPOSettings):
   policy (the policy's mode), as Brax's evaluator scores its PPO agents."""
   policy = ppo_networks.make_inference_fn(nets)(
       (state.normalizer, state.params.policy, state.params.value), deterministic=True)
-  keys = jax.random.split(key, num_envs)
-  if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
-    keys = jax.random.key_data(keys)
 
   def act(carry, _):
     env_state, total, alive = carry
@@ -167,9 +168,8 @@ def evaluate(env, nets, state: PPOState, key, num_envs: int, s: PPOSettings):
     total = total + alive * env_state.reward
     return (env_state, total, alive * (1.0 - env_state.done)), None
 
-  zeros = jnp.zeros(num_envs)
-  (_, total, _), _ = jax.lax.scan(act, (env.reset(keys), zeros, zeros + 1.0), None,
-                                  length=-(-s.episode_length // s.action_repeat))
+  start = (env.reset(_env_keys(key, num_envs)), jnp.zeros(num_envs), jnp.ones(num_envs))
+  (_, total, _), _ = jax.lax.scan(act, start, None, length=-(-s.episode_length // s.action_repeat))
   return jnp.mean(total)
 
 
