@@ -108,7 +108,7 @@ def cmd_meta_train(args):
   mesh = None
   if args.devices > 1:
     import jax
-    from optim4rl.meta_ppo import units_mesh
+    from optim4rl.meta import units_mesh
     if args.devices > len(jax.devices()):
       raise ValueError(f"--devices {args.devices}: only {len(jax.devices())} devices are visible")
     mesh = units_mesh(jax.devices()[:args.devices])
@@ -219,7 +219,7 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--batch-size", type=_positive_int, default=8,
                  help="PPO: trajectories per minibatch per unit")
   p.add_argument("--devices", type=_positive_int, default=1,
-                 help="PPO: split the units over this many devices")
+                 help="split the units over this many devices")
   p.add_argument("--lrs", nargs="+", type=float, help="agent learning rate(s), one per world")
   p.add_argument("--rule", default="optim4rl")
   p.add_argument("--units", type=_positive_int, default=512)

@@ -5,6 +5,8 @@ iteration per task: units due for a reset are reset (pipeline training: unit i r
 t mod m == r_i, offsets r_i evenly spaced over [0, m-1]); each unit takes M inner A2C updates
 with the learned optimizer, then the outer loss is the actor loss on its next rollout; the
 meta-gradient is averaged over units (and over tasks), and Adam updates the meta-parameters.
+The units axis can be split over devices (a `units_mesh`): each device runs its block of
+units and the partial sums of meta-gradients are added across devices.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from optim4rl.agents import a2c
 from optim4rl.envs import gridworld as gw
@@ -104,22 +107,68 @@ def unit_meta_loss(meta, unit: Unit, world: gw.World, cfg: MetaConfig, lr: float
 
 
 def task_meta_gradient(meta, units: Unit, t, reset_key, world: gw.World, cfg: MetaConfig,
-                       lr: float):
+                       lr: float, mesh: Mesh | None = None):
   """One iteration on one task: pipeline resets, then the unit-averaged meta-gradient.
 
-  Returns (meta-gradient, units, (mean outer loss, return sum, episodes)).
+  Returns (meta-gradient, units, (return sum, episodes)).
+  """
+  step = meta_step(
+      lambda m, u: unit_meta_loss(m, u, world, cfg, lr),
+      jax.vmap(lambda k: init_unit(world, cfg.rule, cfg.envs_per_unit, k)), cfg, mesh)
+  return step(meta, units, t, reset_key)
+
+
+def meta_step(unit_loss, fresh_units, cfg, mesh: Mesh | None = None):
+  """`step(meta, units, t, key) -> (meta-gradient, units, (return sum, episodes))`.
+
+  `unit_loss(meta, unit) -> (outer loss, (unit after, (return sum, episodes)))`;
+  `fresh_units(keys)`: new units, one per key. Units due at t (pipeline offsets over
+  cfg.reset_interval) are replaced by fresh ones; the meta-gradient is the mean over
+  cfg.units, rescaled per cfg.max_norm. With a `mesh` (one axis "units"), each device runs
+  its block of units and the partial sums are added across devices.
   """
   n = cfg.units
-  fresh = jax.vmap(lambda k: init_unit(world, cfg.rule, cfg.envs_per_unit, k))(
-      jax.random.split(reset_key, n))
-  due = (t % cfg.reset_interval) == reset_offsets(n, cfg.reset_interval)
-  units = jax.tree.map(lambda f, o: jnp.where(due.reshape((n,) + (1,) * (o.ndim - 1)), f, o),
-                       fresh, units)
-  grad_fn = jax.grad(unit_meta_loss, has_aux=True)
-  grads, (units, (ret, eps)) = jax.vmap(grad_fn, (None, 0, None, None, None))(
-      meta, units, world, cfg, lr)
-  grads = jax.tree.map(lambda g: jnp.mean(g, axis=0), grads)
-  return rescale(grads, cfg.max_norm), units, (ret.sum(), eps.sum())
+  offsets = reset_offsets(n, cfg.reset_interval)
+
+  def block(meta, units, fresh, due):
+    units = jax.tree.map(
+        lambda f, o: jnp.where(due.reshape(due.shape + (1,) * (o.ndim - 1)), f, o), fresh, units)
+    grads, (units, (ret, eps)) = jax.vmap(jax.grad(unit_loss, has_aux=True), (None, 0))(
+        meta, units)
+    return (jax.tree.map(lambda g: jnp.sum(g, axis=0), grads), units,
+            jnp.stack([ret.sum(), eps.sum()]))
+
+  def summed_over_devices(*args):
+    grads, units, stats = block(*args)
+    return jax.lax.psum(grads, "units"), units, jax.lax.psum(stats, "units")
+
+  run = block
+  if mesh is not None:
+    if n % mesh.size:
+      raise ValueError(f"{n} units do not split evenly over {mesh.size} devices")
+    run = jax.shard_map(summed_over_devices, mesh=mesh,
+                        in_specs=(P(), P("units"), P("units"), P("units")),
+                        out_specs=(P(), P("units"), P()),
+                        check_vma=False)  # Brax's solver loops fail the vma check
+
+  def step(meta, units, t, key):
+    due = (t % cfg.reset_interval) == offsets
+    grads, units, stats = run(meta, units, fresh_units(jax.random.split(key, n)), due)
+    grads = jax.tree.map(lambda g: g / n, grads)
+    return rescale(grads, cfg.max_norm), units, (stats[0], stats[1])
+
+  return step
+
+
+def place_units(units, mesh: Mesh | None):
+  """Units laid out split over `mesh`'s devices (unchanged without a mesh)."""
+  return units if mesh is None else jax.device_put(units, NamedSharding(mesh, P("units")))
+
+
+def units_mesh(devices=None) -> Mesh:
+  """A one-axis mesh ("units") over `devices` (default: all)."""
+  import numpy as np
+  return Mesh(np.asarray(devices if devices is not None else jax.devices()), ("units",))
 
 
 def rescale(grads, max_norm: float):

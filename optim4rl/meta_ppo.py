@@ -9,20 +9,19 @@ units of the gradient of that loss w.r.t. the meta-parameters, through all M upd
 
 Pipeline resets as for the gridworlds: unit i restarts when t mod m == r_i. The units axis
 can be split over devices (`jax.sharding.Mesh` with one axis "units"): each device runs its
-block of units and the meta-gradients are summed across devices.
+block of units and the meta-gradients are summed across devices (`meta.meta_step`).
 """
 from __future__ import annotations
 
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from optim4rl.agents import ppo
 from optim4rl.envs import brax_tasks
-from optim4rl.meta import rescale, reset_offsets
+from optim4rl.meta import meta_step, place_units
 from optim4rl.rules import get_rule
 from optim4rl.transform import init_state, learned_optimizer
 
@@ -112,43 +111,12 @@ def unit_meta_loss(meta, unit: ppo.PPOState, env, nets, cfg: PPOMetaConfig,
   return outer, (after, ppo.episode_stats(data))
 
 
-def _local_step(meta, units, fresh, due, env, nets, cfg, s):
-  """Resets and summed meta-gradient over this block of units."""
-  units = jax.tree.map(
-      lambda f, o: jnp.where(due.reshape(due.shape + (1,) * (o.ndim - 1)), f, o), fresh, units)
-  grad_fn = jax.grad(lambda m, u: unit_meta_loss(m, u, env, nets, cfg, s), has_aux=True)
-  grads, (units, (ret, eps)) = jax.vmap(grad_fn, (None, 0))(meta, units)
-  return jax.tree.map(lambda g: jnp.sum(g, axis=0), grads), units, jnp.stack([ret.sum(), eps.sum()])
-
-
 def make_meta_step(env, nets, cfg: PPOMetaConfig, mesh: Mesh | None = None):
-  """`step(meta, units, t, key) -> (mean meta-gradient, units, (return sum, episodes))`.
-
-  With a `mesh` (axis "units"), units are split over its devices: each runs its block and
-  the partial sums of meta-gradients are added across devices (`psum`).
-  """
+  """`step(meta, units, t, key) -> (mean meta-gradient, units, (return sum, episodes))`,
+  with the units split over `mesh`'s devices if given."""
   s = cfg.settings()
-  offsets = reset_offsets(cfg.units, cfg.reset_interval)
-  if mesh is not None and cfg.units % mesh.size:
-    raise ValueError(f"{cfg.units} units do not split evenly over {mesh.size} devices")
-
-  def step(meta, units, t, key):
-    fresh = init_units(env, nets, cfg, jax.random.split(key, cfg.units))
-    due = (t % cfg.reset_interval) == offsets
-    if mesh is None:
-      grads, units, stats = _local_step(meta, units, fresh, due, env, nets, cfg, s)
-    else:
-      def local(meta, units, fresh, due):
-        g, u, st = _local_step(meta, units, fresh, due, env, nets, cfg, s)
-        return jax.lax.psum(g, "units"), u, jax.lax.psum(st, "units")
-      grads, units, stats = jax.shard_map(
-          local, mesh=mesh, in_specs=(P(), P("units"), P("units"), P("units")),
-          out_specs=(P(), P("units"), P()),
-          check_vma=False)(meta, units, fresh, due)  # Brax's solver loops fail the vma check
-    grads = jax.tree.map(lambda g: g / cfg.units, grads)
-    return rescale(grads, cfg.max_norm), units, (stats[0], stats[1])
-
-  return step
+  return meta_step(lambda m, u: unit_meta_loss(m, u, env, nets, cfg, s),
+                   lambda keys: init_units(env, nets, cfg, keys), cfg, mesh)
 
 
 def tasks(cfg: PPOMetaConfig, mesh: Mesh | None = None):
@@ -160,16 +128,8 @@ def tasks(cfg: PPOMetaConfig, mesh: Mesh | None = None):
   def init(key):
     key, k_units = jax.random.split(key)
     units = init_units(env, nets, cfg, jax.random.split(k_units, cfg.units))
-    if mesh is not None:
-      units = jax.device_put(units, NamedSharding(mesh, P("units")))
-    return key, (units,)
+    return key, (place_units(units, mesh),)
 
   per_iteration = cfg.units * (cfg.inner_updates + 1) * s.batch_size * s.unroll_length * s.action_repeat
   return Tasks([cfg.task], init, [jax.jit(make_meta_step(env, nets, cfg, mesh))], per_iteration,
                mesh)
-
-
-def units_mesh(devices=None) -> Mesh:
-  """A one-axis mesh ("units") over `devices` (default: all)."""
-  import numpy as np
-  return Mesh(np.asarray(devices if devices is not None else jax.devices()), ("units",))

@@ -36,31 +36,31 @@ class Tasks(NamedTuple):
   mesh: Any = None            # units split over this mesh; the rest of the state replicated on it
 
 
-def gridworld_tasks(cfg: meta_lib.MetaConfig) -> Tasks:
-  """A2C on each of cfg.worlds; one jitted function per world (their shapes differ)."""
+def gridworld_tasks(cfg: meta_lib.MetaConfig, mesh=None) -> Tasks:
+  """A2C on each of cfg.worlds; one jitted function per world (their shapes differ); with a
+  `mesh`, each world's units are split over its devices."""
   def init_units(key):
     units = []
     for i in range(len(cfg.worlds)):
       key, k_units = jax.random.split(key)
       world = cfg.world(i)
-      units.append(jax.vmap(lambda k: meta_lib.init_unit(world, cfg.rule, cfg.envs_per_unit, k))(
-          jax.random.split(k_units, cfg.units)))
+      units.append(meta_lib.place_units(jax.vmap(
+          lambda k: meta_lib.init_unit(world, cfg.rule, cfg.envs_per_unit, k))(
+          jax.random.split(k_units, cfg.units)), mesh))
     return key, tuple(units)
 
   steps = []
   for i in range(len(cfg.worlds)):
     world, lr = cfg.world(i), cfg.agent_lr(i)
     steps.append(jax.jit(lambda meta, units, t, k, world=world, lr=lr:
-                         meta_lib.task_meta_gradient(meta, units, t, k, world, cfg, lr)))
+                         meta_lib.task_meta_gradient(meta, units, t, k, world, cfg, lr, mesh)))
   per_world = cfg.units * cfg.envs_per_unit * A2CConfig().rollout * (cfg.inner_updates + 1)
-  return Tasks(list(cfg.worlds), init_units, steps, per_world * len(cfg.worlds))
+  return Tasks(list(cfg.worlds), init_units, steps, per_world * len(cfg.worlds), mesh)
 
 
 def _tasks(cfg, mesh) -> Tasks:
   if isinstance(cfg, meta_lib.MetaConfig):
-    if mesh is not None:
-      raise ValueError("splitting units over devices is implemented for PPO meta-training only")
-    return gridworld_tasks(cfg)
+    return gridworld_tasks(cfg, mesh)
   from optim4rl import meta_ppo  # imports Brax
   if not isinstance(cfg, meta_ppo.PPOMetaConfig):
     raise TypeError(f"expected a MetaConfig or PPOMetaConfig, got {type(cfg).__name__}")
@@ -137,7 +137,7 @@ def meta_train(cfg, run_dir: str | Path, *, checkpoint_every: int = 50,
   """Meta-train (or resume) in `run_dir`; returns the final meta-parameters.
 
   `cfg`: a `meta.MetaConfig` (A2C on gridworlds) or a `meta_ppo.PPOMetaConfig` (PPO on
-  Brax; `mesh`, a `meta_ppo.units_mesh`, splits its units over devices)."""
+  Brax); `mesh`, a `meta.units_mesh`, splits the units over its devices."""
   run_dir = Path(run_dir).absolute()
   run_dir.mkdir(parents=True, exist_ok=True)
   _check_config(run_dir, cfg)

@@ -1,4 +1,7 @@
 import dataclasses
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -98,3 +101,13 @@ def test_moving_average_of_meta_parameters(tmp_path):
                              atol=1e-7)
   with pytest.raises(ValueError, match="average_decay"):
     dataclasses.replace(TINY, average_decay=1.0)
+
+
+@pytest.mark.parametrize("kind", ["gridworld", "ppo"])
+def test_units_split_over_two_host_devices_match_one_device(kind):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  case = os.path.join(os.path.dirname(__file__), "sharded_case.py")
+  out = subprocess.run([sys.executable, case, kind, "cpu"], capture_output=True, text=True,
+                       env=env, timeout=900)
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+  assert "sharded == single" in out.stdout
