@@ -130,6 +130,6 @@ def tasks(cfg: PPOMetaConfig, mesh: Mesh | None = None):
     units = init_units(env, nets, cfg, jax.random.split(k_units, cfg.units))
     return key, (place_units(units, mesh),)
 
-  per_iteration = cfg.units * (cfg.inner_updates + 1) * s.batch_size * s.unroll_length * s.action_repeat
-  return Tasks([cfg.task], init, [jax.jit(make_meta_step(env, nets, cfg, mesh))], per_iteration,
-               mesh)
+  # Each unit collects one PPO batch (M + 1 minibatches) per iteration.
+  return Tasks([cfg.task], init, [jax.jit(make_meta_step(env, nets, cfg, mesh))],
+               cfg.units * ppo.env_steps_per_update(s), mesh)

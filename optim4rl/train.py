@@ -83,8 +83,9 @@ def run_chunks(step: Callable, state, *, steps: int, steps_per_update: int, chun
   """Run `step(state) -> (state, (return sum, episodes, loss, *stat))` over a leading seed
   axis of `state` for at least `steps` environment steps, in `chunks` jitted scans.
 
-  A fourth output of `step`, if any, is summed per chunk into `Curve.stats`. If `evaluate(state) -> (seeds,)` is given, it scores the
-  agents after each chunk and its returns replace those of the training episodes.
+  A fourth output of `step`, if any, is summed per chunk into `Curve.stats`. If
+  `evaluate(state) -> (seeds,)` is given, it scores the agents after each chunk and its
+  returns replace those of the training episodes.
   """
   updates = max(1, int(steps) // steps_per_update)
   per_chunk = -(-updates // max(1, min(chunks, updates)))  # ceil: never fewer steps than asked

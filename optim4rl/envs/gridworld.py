@@ -70,6 +70,8 @@ _SPECS = {
     "big_dense_long": (13, 9, _pair(1.0, -1.0, 0.5, 2), 500, 1.0),
 }
 WORLD_NAMES = tuple(_SPECS)
+
+
 def _check_name(name: str) -> str:
   if name not in _SPECS:
     raise ValueError(f"unknown gridworld {name!r}; expected one of {WORLD_NAMES}")
