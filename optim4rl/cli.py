@@ -92,6 +92,9 @@ def _meta_config(args):
                 backend=args.backend)
   if args.task:
     from optim4rl.meta_ppo import PPOMetaConfig
+    if args.validate_every:
+      raise ValueError("--validate-every: validation trains A2C agents on a gridworld; it is "
+                       "not available for PPO meta-training (--task)")
     if args.lrs and len(args.lrs) != 1:
       raise ValueError("PPO meta-training takes one agent learning rate")
     lr = args.lrs[0] if args.lrs else default_learning_rate(args.task)
@@ -99,7 +102,8 @@ def _meta_config(args):
   from optim4rl.meta import MetaConfig
   lrs = tuple(args.lrs) if args.lrs else tuple(default_learning_rate(w) for w in args.worlds)
   return MetaConfig(worlds=tuple(args.worlds), agent_lrs=lrs, reward_scale=args.reward_scale,
-                    **common)
+                    validate_every=args.validate_every, validate_seeds=args.validate_seeds,
+                    validate_steps=int(args.validate_steps), **common)
 
 
 def cmd_meta_train(args):
@@ -115,14 +119,21 @@ def cmd_meta_train(args):
   names = [args.task] if args.task else cfg.worlds
   bar = _bar(cfg.iterations, f"meta-train {'+'.join(names)}", "it")
 
+  validation = {}
+
   def report(iteration, row):
     bar.update(iteration - bar.n)
     rets = [v for k, v in row.items() if k.startswith("return_")]
-    bar.set_postfix(ret=f"{sum(rets) / len(rets):.2f}", gnorm=f"{row['meta_grad_norm']:.2e}")
+    validation.update({"val": f"{row['validation']:.2f}"} if "validation" in row else {})
+    bar.set_postfix(ret=f"{sum(rets) / len(rets):.2f}", gnorm=f"{row['meta_grad_norm']:.2e}",
+                    **validation)
 
   meta_train(cfg, args.out, checkpoint_every=args.checkpoint_every, progress=report, mesh=mesh)
   bar.close()
-  print(f"meta-parameters: {Path(args.out) / 'meta.npz'}  (log: {Path(args.out) / 'log.csv'})")
+  out = Path(args.out)
+  print(f"meta-parameters: {out / 'meta.npz'}  (log: {out / 'log.csv'})")
+  if getattr(cfg, "validate_every", 0):
+    print(f"best validated: {out / 'meta_best.npz'}  (scores: {out / 'validation.csv'})")
 
 
 def cmd_train(args):
@@ -233,6 +244,12 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--average-decay", type=float, default=0.0,
                  help="> 0: also save an exponential moving average of the meta-parameters "
                       "(meta_avg.npz) with this decay per iteration")
+  p.add_argument("--validate-every", type=int, default=0,
+                 help="> 0: every this many iterations, train fresh A2C agents on the first "
+                      "world with the current meta-parameters (validation seeds, apart from "
+                      "evaluation's) and keep the best as meta_best.npz")
+  p.add_argument("--validate-seeds", type=_positive_int, default=4)
+  p.add_argument("--validate-steps", type=float, default=3e6)
   p.add_argument("--reward-scale", default="auto")
   p.add_argument("--checkpoint-every", type=_positive_int, default=50)
   p.add_argument("--seed", type=int, default=0)

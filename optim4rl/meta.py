@@ -38,6 +38,9 @@ class MetaConfig:
   meta_grad_clip: float = 1.0    # clip of the meta-gradient's global norm (<= 0: none)
   max_norm: float = -1.0         # > 0: rescale each task's meta-gradient to this norm
   average_decay: float = 0.0   # > 0: also keep an exponential moving average of the meta-params
+  validate_every: int = 0        # > 0: score the meta-parameters every this many iterations
+  validate_seeds: int = 4        # fresh agents per validation
+  validate_steps: int = 3_000_000  # env steps per validation agent
   reward_scale: str = "auto"     # "auto": the paper's scales when several worlds, else 1
   clip: float = 1.0              # gradient clip c of the learned optimizer
   seed: int = 0
@@ -54,7 +57,10 @@ class MetaConfig:
     get_rule(self.rule)
     if not 0.0 <= self.average_decay < 1.0:
       raise ValueError(f"average_decay must be in [0, 1), got {self.average_decay}")
-    for field in ("units", "envs_per_unit", "reset_interval", "inner_updates", "iterations"):
+    if self.validate_every < 0:
+      raise ValueError(f"validate_every must be >= 0, got {self.validate_every}")
+    for field in ("units", "envs_per_unit", "reset_interval", "inner_updates", "iterations",
+                  "validate_seeds", "validate_steps"):
       if getattr(self, field) < 1:
         raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
 
@@ -116,6 +122,47 @@ def task_meta_gradient(meta, units: Unit, t, reset_key, world: gw.World, cfg: Me
       lambda m, u: unit_meta_loss(m, u, world, cfg, lr),
       jax.vmap(lambda k: init_unit(world, cfg.rule, cfg.envs_per_unit, k)), cfg, mesh)
   return step(meta, units, t, reset_key)
+
+
+VALIDATION_SEED = 1000  # validation agents' seeds start here, apart from evaluation's 0, 1, ...
+
+
+def validation_returns(cfg: MetaConfig, envs: int = 512,
+                       agent_cfg: a2c.A2CConfig = a2c.A2CConfig()):
+  """`run(meta) -> (cfg.validate_seeds,)`, jitted once with meta as an argument: fresh A2C
+  agents (`envs` worlds each, as evaluation trains them) on cfg.worlds[0] with unscaled
+  rewards, trained with the learned optimizer at that world's agent learning rate for
+  cfg.validate_steps env steps; per agent, its final return as evaluation scores it, with one
+  chunk per update. The meta-objective looks M updates ahead; this scores whole training runs.
+  """
+  world = gw.make(cfg.worlds[0])
+  updates = max(1, cfg.validate_steps // (envs * agent_cfg.rollout))
+  keys = jnp.stack([jax.random.PRNGKey(VALIDATION_SEED + s) for s in range(cfg.validate_seeds)])
+
+  @jax.jit
+  def run(meta):
+    tx = learned_optimizer(meta, rule=cfg.rule, learning_rate=cfg.agent_lr(0), clip=cfg.clip,
+                           backend=cfg.backend)
+
+    def final_return(key):
+      state = init_agent(world, tx, key, envs)
+      _, (ret, eps, _) = jax.lax.scan(lambda s, _: update(world, tx, agent_cfg, s), state,
+                                      length=updates)
+      return last_tenth_mean(ret, eps)
+
+    return jax.vmap(final_return)(keys)
+
+  return run
+
+
+def last_tenth_mean(ret, eps):
+  """`evaluate.final_returns` of one agent with one chunk per update: the mean episode return
+  over the last tenth of the updates in which episodes ended (NaN if none did)."""
+  seen = eps > 0
+  per_update = jnp.where(seen, ret / jnp.maximum(eps, 1), 0.0)
+  seen_from_here = jnp.cumsum(seen[::-1])[::-1]
+  keep = seen & (seen_from_here <= jnp.maximum(1, seen.sum() // 10))
+  return jnp.where(keep.any(), jnp.sum(jnp.where(keep, per_update, 0.0)) / keep.sum(), jnp.nan)
 
 
 def meta_step(unit_loss, fresh_units, cfg, mesh: Mesh | None = None):

@@ -2,7 +2,9 @@
 
 A run directory holds config.json, log.csv (one row per iteration), meta.npz (the latest
 meta-parameters, loadable by `optim4rl.load_meta_params`), meta_avg.npz (their exponential
-moving average, if `average_decay` > 0) and checkpoints/ (orbax, the full
+moving average, if `average_decay` > 0), with validation (`validate_every` > 0) validation.csv
+(the score of each validated iteration) and meta_best.npz (the best-scoring meta-parameters so
+far), and checkpoints/ (orbax, the full
 state: meta-parameters, meta-optimizer state, every unit's agent, optimizer state and worlds,
 the iteration and the PRNG key). Starting a run in a directory with a checkpoint resumes it.
 """
@@ -17,6 +19,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
@@ -34,6 +37,7 @@ class Tasks(NamedTuple):
   steps: list[Callable]       # per task, jitted: (meta, units, t, key) -> (grads, units, (ret, eps))
   env_steps_per_iteration: int
   mesh: Any = None            # units split over this mesh; the rest of the state replicated on it
+  validate: Callable | None = None  # meta -> per-agent final returns of fresh agents trained with it
 
 
 def gridworld_tasks(cfg: meta_lib.MetaConfig, mesh=None) -> Tasks:
@@ -55,7 +59,8 @@ def gridworld_tasks(cfg: meta_lib.MetaConfig, mesh=None) -> Tasks:
     steps.append(jax.jit(lambda meta, units, t, k, world=world, lr=lr:
                          meta_lib.task_meta_gradient(meta, units, t, k, world, cfg, lr, mesh)))
   per_world = cfg.units * cfg.envs_per_unit * A2CConfig().rollout * (cfg.inner_updates + 1)
-  return Tasks(list(cfg.worlds), init_units, steps, per_world * len(cfg.worlds), mesh)
+  validate = meta_lib.validation_returns(cfg) if cfg.validate_every > 0 else None
+  return Tasks(list(cfg.worlds), init_units, steps, per_world * len(cfg.worlds), mesh, validate)
 
 
 def _tasks(cfg, mesh) -> Tasks:
@@ -74,6 +79,8 @@ def _initial_state(cfg, tasks: Tasks):
   key, units = tasks.init_units(key)
   rest = {"meta": meta, "meta_opt": meta_lib.meta_optimizer(cfg).init(meta), "meta_avg": meta,
           "iteration": jnp.zeros([], jnp.int32), "key": key}
+  if tasks.validate is not None:
+    rest.update(best_meta=meta, best_score=jnp.float32(-jnp.inf))
   if tasks.mesh is not None:
     from jax.sharding import NamedSharding, PartitionSpec
     rest = jax.device_put(rest, NamedSharding(tasks.mesh, PartitionSpec()))
@@ -129,7 +136,29 @@ def _truncate_log(path: Path, iteration: int) -> float:
     log = csv.DictWriter(f, fieldnames=list(rows[0]))
     log.writeheader()
     log.writerows(rows)
-  return float(rows[-1]["seconds"])
+  return float(rows[-1].get("seconds", 0.0))
+
+
+def _append_row(path: Path, row: dict):
+  new = not path.exists()
+  with open(path, "a", newline="") as f:
+    out = csv.DictWriter(f, fieldnames=list(row))
+    if new:
+      out.writeheader()
+    out.writerow(row)
+
+
+def _validate(tasks: Tasks, state: dict, run_dir: Path, rule: str) -> tuple[dict, float]:
+  """Score the current meta-parameters; keep them as the best if they beat the best so far."""
+  finals = np.asarray(tasks.validate(state["meta"]))
+  score = float(finals.mean())
+  se = float(finals.std(ddof=1) / np.sqrt(len(finals))) if len(finals) > 1 else float("nan")
+  _append_row(run_dir / "validation.csv", {"iteration": int(state["iteration"]),
+                                           "final_return": score, "stderr": se})
+  if score > float(state["best_score"]):
+    state = {**state, "best_meta": state["meta"], "best_score": jnp.float32(score)}
+    save_meta_params(run_dir / "meta_best.npz", state["meta"], rule)
+  return state, score
 
 
 def meta_train(cfg, run_dir: str | Path, *, checkpoint_every: int = 50,
@@ -153,6 +182,7 @@ def meta_train(cfg, run_dir: str | Path, *, checkpoint_every: int = 50,
   fields = [*LOG_FIELDS, *(f"return_{n}" for n in names)]
   start = int(state["iteration"])
   seconds_before = _truncate_log(log_path, start)
+  _truncate_log(run_dir / "validation.csv", start)
   new_log = not log_path.exists()
   t0 = time.time() - seconds_before
   with open(log_path, "a", newline="") as log_file:
@@ -172,12 +202,15 @@ def meta_train(cfg, run_dir: str | Path, *, checkpoint_every: int = 50,
       if not bool(jnp.isfinite(norm)):
         raise FloatingPointError(f"meta-gradient is not finite at iteration {t}; the last "
                                  f"checkpoint in {run_dir} is intact")
-      state = {"meta": meta, "meta_opt": opt_state, "meta_avg": avg, "units": tuple(units),
-               "iteration": jnp.int32(t + 1), "key": key}
+      state = {**state, "meta": meta, "meta_opt": opt_state, "meta_avg": avg,
+               "units": tuple(units), "iteration": jnp.int32(t + 1), "key": key}
       row.update(iteration=t + 1, seconds=round(time.time() - t0, 3),
                  env_steps=(t + 1) * tasks.env_steps_per_iteration,
                  meta_grad_norm=float(norm))
       log.writerow(row)
+      if tasks.validate is not None and ((t + 1) % cfg.validate_every == 0
+                                         or t + 1 == cfg.iterations):
+        state, row["validation"] = _validate(tasks, state, run_dir, cfg.rule)
       if (t + 1) % checkpoint_every == 0 or t + 1 == cfg.iterations:
         log_file.flush()
         manager.save(t + 1, args=ocp.args.StandardSave(state))

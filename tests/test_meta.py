@@ -103,6 +103,53 @@ def test_moving_average_of_meta_parameters(tmp_path):
     dataclasses.replace(TINY, average_decay=1.0)
 
 
+VALIDATED = dataclasses.replace(TINY, validate_every=2, validate_seeds=2,
+                                validate_steps=512 * 20 * 12)  # 12 updates of 512 worlds
+
+
+def test_validation_scores_as_evaluation_does():
+  from optim4rl.evaluate import final_returns
+  from optim4rl.train import train
+  cfg = VALIDATED
+  meta = optim4rl.init_meta_params(jax.random.key(2), cfg.rule)
+  tx = optim4rl.learned_optimizer(meta, rule=cfg.rule, learning_rate=cfg.agent_lr(0),
+                                  clip=cfg.clip)
+  curve = train(cfg.world(0), tx, steps=cfg.validate_steps, seeds=range(M.VALIDATION_SEED,
+                M.VALIDATION_SEED + cfg.validate_seeds), chunks=12)
+  expected = final_returns(curve)
+  got = np.asarray(M.validation_returns(cfg)(meta))
+  assert np.all(np.isfinite(expected))
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_last_tenth_mean_skips_updates_without_episodes():
+  ret = jnp.array([1.0, 2.0, 0.0, 9.0, 0.0] * 5)
+  eps = jnp.array([1.0, 1.0, 0.0, 3.0, 0.0] * 5)  # 15 updates with episodes: last 1 counts
+  assert float(M.last_tenth_mean(ret, eps)) == 3.0
+  assert np.isnan(float(M.last_tenth_mean(ret, jnp.zeros_like(eps))))
+
+
+def test_validation_keeps_the_best_and_resumes(tmp_path):
+  half = meta_train(dataclasses.replace(VALIDATED, iterations=2), tmp_path / "split",
+                    checkpoint_every=2)
+  meta_train(VALIDATED, tmp_path / "split", checkpoint_every=2)
+  whole = meta_train(VALIDATED, tmp_path / "whole", checkpoint_every=4)
+  text = (tmp_path / "whole" / "validation.csv").read_text()
+  assert (tmp_path / "split" / "validation.csv").read_text() == text
+  rows = [line.split(",") for line in text.strip().splitlines()[1:]]
+  assert [r[0] for r in rows] == ["2", "4"]
+  scores = [float(r[1]) for r in rows]
+  expected = [float(np.mean(M.validation_returns(VALIDATED)(m))) for m in (half, whole)]
+  np.testing.assert_allclose(scores, expected, rtol=1e-5)
+  flat = lambda m: np.asarray(optim4rl.flatten_meta(m, VALIDATED.rule))
+  best = (half, whole)[int(np.argmax(scores))]
+  for run in ("whole", "split"):
+    kept, _ = optim4rl.load_meta_params(tmp_path / run / "meta_best.npz")
+    np.testing.assert_array_equal(flat(kept), flat(best))
+  with pytest.raises(ValueError, match="validate_seeds"):
+    dataclasses.replace(TINY, validate_seeds=0)
+
+
 @pytest.mark.parametrize("kind", ["gridworld", "ppo"])
 def test_units_split_over_two_host_devices_match_one_device(kind):
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
