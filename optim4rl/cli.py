@@ -91,10 +91,10 @@ def _meta_config(args):
                 average_decay=args.average_decay, seed=args.seed,
                 backend=args.backend)
   if args.task:
-    from optim4rl.meta_ppo import PPOMetaConfig
     if args.validate_every:
       raise ValueError("--validate-every: validation trains A2C agents on a gridworld; it is "
                        "not available for PPO meta-training (--task)")
+    from optim4rl.meta_ppo import PPOMetaConfig
     if args.lrs and len(args.lrs) != 1:
       raise ValueError("PPO meta-training takes one agent learning rate")
     lr = args.lrs[0] if args.lrs else default_learning_rate(args.task)

@@ -40,6 +40,21 @@ def test_evaluate_writes_table_csv_and_plot(tmp_path, capsys):
   assert rows[0] == "optimizer,seed,env_steps,return" and len(rows) > 4
 
 
+def test_meta_train_with_validation(tmp_path, capsys):
+  out = tmp_path / "run"
+  code = main(["meta-train", "--worlds", "small_dense_short", "--units", "2", "--envs-per-unit",
+               "2", "--reset-interval", "2", "--iterations", "2", "--validate-every", "1",
+               "--validate-seeds", "2", "--validate-steps", "20480", "--out", str(out)])
+  assert code == 0
+  assert "meta_best.npz" in capsys.readouterr().out
+  rows = (out / "validation.csv").read_text().strip().splitlines()
+  assert rows[0] == "iteration,final_return,stderr" and len(rows) == 3
+  optim4rl.load_meta_params(out / "meta_best.npz")
+  assert main(["meta-train", "--task", "inverted_pendulum", "--validate-every", "5",
+               "--out", str(tmp_path / "ppo")]) == 2
+  assert "not available for PPO" in capsys.readouterr().err
+
+
 def test_module_entry_point_help():
   out = subprocess.run([sys.executable, "-m", "optim4rl", "--help"], capture_output=True,
                        text=True, check=True)
