@@ -4,9 +4,9 @@ A run directory holds config.json, log.csv (one row per iteration), meta.npz (th
 meta-parameters, loadable by `optim4rl.load_meta_params`), meta_avg.npz (their exponential
 moving average, if `average_decay` > 0), with validation (`validate_every` > 0) validation.csv
 (the score of each validated iteration) and meta_best.npz (the best-scoring meta-parameters so
-far), and checkpoints/ (orbax, the full
-state: meta-parameters, meta-optimizer state, every unit's agent, optimizer state and worlds,
-the iteration and the PRNG key). Starting a run in a directory with a checkpoint resumes it.
+far), and checkpoints/ (orbax, the full state: meta-parameters, meta-optimizer state, every
+unit's agent, optimizer state and worlds, the iteration, the PRNG key and the best validation
+score). Starting a run in a directory with a checkpoint resumes it.
 """
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def _initial_state(cfg, tasks: Tasks):
   rest = {"meta": meta, "meta_opt": meta_lib.meta_optimizer(cfg).init(meta), "meta_avg": meta,
           "iteration": jnp.zeros([], jnp.int32), "key": key}
   if tasks.validate is not None:
-    rest.update(best_meta=meta, best_score=jnp.float32(-jnp.inf))
+    rest["best_score"] = jnp.float32(-jnp.inf)  # of meta_best.npz
   if tasks.mesh is not None:
     from jax.sharding import NamedSharding, PartitionSpec
     rest = jax.device_put(rest, NamedSharding(tasks.mesh, PartitionSpec()))
@@ -156,7 +156,7 @@ def _validate(tasks: Tasks, state: dict, run_dir: Path, rule: str) -> tuple[dict
   _append_row(run_dir / "validation.csv", {"iteration": int(state["iteration"]),
                                            "final_return": score, "stderr": se})
   if score > float(state["best_score"]):
-    state = {**state, "best_meta": state["meta"], "best_score": jnp.float32(score)}
+    state = {**state, "best_score": jnp.float32(score)}
     save_meta_params(run_dir / "meta_best.npz", state["meta"], rule)
   return state, score
 
