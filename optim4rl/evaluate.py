@@ -74,8 +74,13 @@ class Result(NamedTuple):
 def final_returns(curve: Curve) -> np.ndarray:
   """Per seed, the mean over the last tenth of the chunks in which episodes ended (long
   episodes, e.g. Brax's 1000 steps, leave some chunks without any); NaN if none did."""
+  return last_tenth(curve.returns)
+
+
+def last_tenth(chunk_returns: np.ndarray) -> np.ndarray:
+  """`final_returns` of (seeds, chunks) mean returns, NaN where no episode ended."""
   finals = []
-  for returns in curve.returns:
+  for returns in chunk_returns:
     seen = returns[~np.isnan(returns)]
     finals.append(seen[-max(1, len(seen) // 10):].mean() if len(seen) else np.nan)
   return np.asarray(finals)

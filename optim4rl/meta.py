@@ -14,13 +14,15 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from optim4rl.agents import a2c
 from optim4rl.envs import gridworld as gw
 from optim4rl.rules import get_rule
-from optim4rl.train import AgentState, init_agent, update
+from optim4rl.evaluate import last_tenth
+from optim4rl.train import AgentState, episode_means, init_agent, update
 from optim4rl.transform import init_state, learned_optimizer
 
 
@@ -129,40 +131,35 @@ VALIDATION_SEED = 1000  # validation agents' seeds start here, apart from evalua
 
 def validation_returns(cfg: MetaConfig, envs: int = 512,
                        agent_cfg: a2c.A2CConfig = a2c.A2CConfig()):
-  """`run(meta) -> (cfg.validate_seeds,)`, jitted once with meta as an argument: fresh A2C
-  agents (`envs` worlds each, as evaluation trains them) on cfg.worlds[0] with unscaled
-  rewards, trained with the learned optimizer at that world's agent learning rate for
-  cfg.validate_steps env steps; per agent, its final return as evaluation scores it, with one
-  chunk per update. The meta-objective looks M updates ahead; this scores whole training runs.
+  """`run(meta) -> (cfg.validate_seeds,)`: fresh A2C agents (`envs` worlds each, as
+  evaluation trains them) on cfg.worlds[0] with unscaled rewards, trained with the learned
+  optimizer at that world's agent learning rate for cfg.validate_steps env steps; per agent,
+  its final return as evaluation scores it, with one chunk per update. The training is jitted
+  once, with meta as an argument. The meta-objective looks M updates ahead; this scores whole
+  training runs.
   """
   world = gw.make(cfg.worlds[0])
   updates = max(1, cfg.validate_steps // (envs * agent_cfg.rollout))
   keys = jnp.stack([jax.random.PRNGKey(VALIDATION_SEED + s) for s in range(cfg.validate_seeds)])
 
   @jax.jit
-  def run(meta):
+  def per_update(meta):  # (return sums, episodes), each (seeds, updates)
     tx = learned_optimizer(meta, rule=cfg.rule, learning_rate=cfg.agent_lr(0), clip=cfg.clip,
                            backend=cfg.backend)
 
-    def final_return(key):
+    def agent(key):
       state = init_agent(world, tx, key, envs)
       _, (ret, eps, _) = jax.lax.scan(lambda s, _: update(world, tx, agent_cfg, s), state,
                                       length=updates)
-      return last_tenth_mean(ret, eps)
+      return ret, eps
 
-    return jax.vmap(final_return)(keys)
+    return jax.vmap(agent)(keys)
+
+  def run(meta):
+    ret, eps = per_update(meta)
+    return last_tenth(episode_means(np.asarray(ret), np.asarray(eps)))
 
   return run
-
-
-def last_tenth_mean(ret, eps):
-  """`evaluate.final_returns` of one agent with one chunk per update: the mean episode return
-  over the last tenth of the updates in which episodes ended (NaN if none did)."""
-  seen = eps > 0
-  per_update = jnp.where(seen, ret / jnp.maximum(eps, 1), 0.0)
-  seen_from_here = jnp.cumsum(seen[::-1])[::-1]
-  keep = seen & (seen_from_here <= jnp.maximum(1, seen.sum() // 10))
-  return jnp.where(keep.any(), jnp.sum(jnp.where(keep, per_update, 0.0)) / keep.sum(), jnp.nan)
 
 
 def meta_step(unit_loss, fresh_units, cfg, mesh: Mesh | None = None):
@@ -214,7 +211,6 @@ def place_units(units, mesh: Mesh | None):
 
 def units_mesh(devices=None) -> Mesh:
   """A one-axis mesh ("units") over `devices` (default: all)."""
-  import numpy as np
   return Mesh(np.asarray(devices if devices is not None else jax.devices()), ("units",))
 
 

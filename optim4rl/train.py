@@ -102,8 +102,7 @@ def run_chunks(step: Callable, state, *, steps: int, steps_per_update: int, chun
   for c in range(chunks):
     state, ret, eps, loss, stat = run_chunk(state)
     ret, eps = np.asarray(ret), np.asarray(eps)
-    returns.append(np.where(eps > 0, ret / np.maximum(eps, 1), np.nan) if evaluate is None
-                   else np.asarray(evaluate(state)))
+    returns.append(episode_means(ret, eps) if evaluate is None else np.asarray(evaluate(state)))
     losses.append(np.asarray(loss))
     stats.append(None if stat is None else np.asarray(stat))
     if progress is not None:
@@ -112,3 +111,8 @@ def run_chunks(step: Callable, state, *, steps: int, steps_per_update: int, chun
   env_steps = np.arange(1, chunks + 1) * per_chunk * steps_per_update
   return Curve(env_steps, np.stack(returns, 1), np.stack(losses, 1),
                None if stats[0] is None else np.stack(stats, 1))
+
+
+def episode_means(ret_sum: np.ndarray, episodes: np.ndarray) -> np.ndarray:
+  """Mean episode return from sums and counts; NaN where no episode ended."""
+  return np.where(episodes > 0, ret_sum / np.maximum(episodes, 1), np.nan)

@@ -122,11 +122,13 @@ def test_validation_scores_as_evaluation_does():
   np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
-def test_last_tenth_mean_skips_updates_without_episodes():
-  ret = jnp.array([1.0, 2.0, 0.0, 9.0, 0.0] * 5)
-  eps = jnp.array([1.0, 1.0, 0.0, 3.0, 0.0] * 5)  # 15 updates with episodes: last 1 counts
-  assert float(M.last_tenth_mean(ret, eps)) == 3.0
-  assert np.isnan(float(M.last_tenth_mean(ret, jnp.zeros_like(eps))))
+def test_final_return_skips_updates_without_episodes():
+  from optim4rl.evaluate import last_tenth
+  from optim4rl.train import episode_means
+  ret = np.array([[1.0, 2.0, 0.0, 9.0, 0.0] * 5])
+  eps = np.array([[1.0, 1.0, 0.0, 3.0, 0.0] * 5])  # 15 updates with episodes: last 1 counts
+  assert float(last_tenth(episode_means(ret, eps))[0]) == 3.0
+  assert np.isnan(float(last_tenth(episode_means(ret, np.zeros_like(eps)))[0]))
 
 
 def test_validation_keeps_the_best_and_resumes(tmp_path):

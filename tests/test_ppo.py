@@ -10,7 +10,6 @@ from optim4rl import gradients, meta_ppo, train_ppo
 from optim4rl.envs import brax_tasks
 
 
-
 def test_unknown_and_removed_tasks_are_refused():
   with pytest.raises(ValueError, match="no longer part of Brax"):
     brax_tasks.settings("ur5e")
