@@ -246,8 +246,9 @@ def parser() -> argparse.ArgumentParser:
                       "(meta_avg.npz) with this decay per iteration")
   p.add_argument("--validate-every", type=int, default=0,
                  help="> 0: every this many iterations, train fresh A2C agents on the first "
-                      "world with the current meta-parameters (validation seeds, apart from "
-                      "evaluation's) and keep the best as meta_best.npz")
+                      "world with the current meta-parameters (their moving average with "
+                      "--average-decay; validation seeds, apart from evaluation's) and keep "
+                      "the best as meta_best.npz")
   p.add_argument("--validate-seeds", type=_positive_int, default=4)
   p.add_argument("--validate-steps", type=float, default=3e6)
   p.add_argument("--reward-scale", default="auto")

@@ -3,10 +3,11 @@
 A run directory holds config.json, log.csv (one row per iteration), meta.npz (the latest
 meta-parameters, loadable by `optim4rl.load_meta_params`), meta_avg.npz (their exponential
 moving average, if `average_decay` > 0), with validation (`validate_every` > 0) validation.csv
-(the score of each validated iteration) and meta_best.npz (the best-scoring meta-parameters so
-far), and checkpoints/ (orbax, the full state: meta-parameters, meta-optimizer state, every
-unit's agent, optimizer state and worlds, the iteration, the PRNG key and the best validation
-score). Starting a run in a directory with a checkpoint resumes it.
+(the score of each validated iteration) and meta_best.npz (the best-scoring meta-parameters
+so far; their moving average is what is scored when one is kept), and checkpoints/ (orbax,
+the full state: meta-parameters, meta-optimizer state, every unit's agent, optimizer state and
+worlds, the iteration, the PRNG key and the best validation score). Starting a run in a directory with a
+checkpoint resumes it.
 """
 from __future__ import annotations
 
@@ -148,16 +149,18 @@ def _append_row(path: Path, row: dict):
     out.writerow(row)
 
 
-def _validate(tasks: Tasks, state: dict, run_dir: Path, rule: str) -> tuple[dict, float]:
-  """Score the current meta-parameters; keep them as the best if they beat the best so far."""
-  finals = np.asarray(tasks.validate(state["meta"]))
+def _validate(tasks: Tasks, state: dict, run_dir: Path, cfg) -> tuple[dict, float]:
+  """Score the meta-parameters (their moving average, if one is kept); keep them as the best
+  if they beat the best so far."""
+  meta = state["meta_avg"] if cfg.average_decay > 0 else state["meta"]
+  finals = np.asarray(tasks.validate(meta))
   score = float(finals.mean())
   se = float(finals.std(ddof=1) / np.sqrt(len(finals))) if len(finals) > 1 else float("nan")
   _append_row(run_dir / "validation.csv", {"iteration": int(state["iteration"]),
                                            "final_return": score, "stderr": se})
   if score > float(state["best_score"]):
     state = {**state, "best_score": jnp.float32(score)}
-    save_meta_params(run_dir / "meta_best.npz", state["meta"], rule)
+    save_meta_params(run_dir / "meta_best.npz", meta, cfg.rule)
   return state, score
 
 
@@ -210,7 +213,7 @@ def meta_train(cfg, run_dir: str | Path, *, checkpoint_every: int = 50,
       log.writerow(row)
       if tasks.validate is not None and ((t + 1) % cfg.validate_every == 0
                                          or t + 1 == cfg.iterations):
-        state, row["validation"] = _validate(tasks, state, run_dir, cfg.rule)
+        state, row["validation"] = _validate(tasks, state, run_dir, cfg)
       if (t + 1) % checkpoint_every == 0 or t + 1 == cfg.iterations:
         log_file.flush()
         manager.save(t + 1, args=ocp.args.StandardSave(state))

@@ -57,26 +57,26 @@ def step(rule: str | Rule, meta, g, h, clip: float = 1.0):
   sign = jnp.sign(g)
   log_abs = jnp.log(jnp.abs(g) + LOG_EPS)
   h1 = h[:HIDDEN]
-  if spec.name == "optim4rl":
+  if spec.math == "optim4rl":
     o, h1 = net(meta["net1"], jnp.stack([sign, log_abs]), h1)
     (o3,), h2 = net(meta["net2"], 2.0 * log_abs[None], h[HIDDEN:])
     m_sign = straight_through_sign(jnp.tanh(o[0] + M_SIGN_BIAS))
     m = sign * m_sign * jnp.exp(o[1])
     direction = -m / jnp.sqrt(jnp.exp(o3) + ROOT_EPS)
     return direction, jnp.concatenate([h1, h2])
-  if spec.name == "optim4rl_public":
+  if spec.math == "optim4rl_public":
     (o1,), h1 = net(meta["net1"], g[None], h1)
     (o2,), h2 = net(meta["net2"], jnp.square(g)[None], h[HIDDEN:])
     direction = -sign * jnp.exp(o1) / jnp.sqrt(jnp.exp(o2) + PUBLIC_ROOT_EPS)
     return direction, jnp.concatenate([h1, h2])
-  if spec.name == "linear_optim":
+  if spec.math == "linear_optim":
     o, h1 = net(meta["net1"], jnp.stack([sign, log_abs]), h1)
     return -(jnp.exp(o[0]) * g + jnp.exp(o[1]) * o[2]), h1
-  if spec.name == "l2lgd2":
+  if spec.math == "l2lgd2":
     scaled_log = log_abs / L2L_P
     big = scaled_log >= -1.0  # |g| >= e^-p: (log|g| / p, sign g), else (-1, e^p g)
     x = jnp.stack([jnp.where(big, scaled_log, -1.0),
                    jnp.where(big, sign, jnp.exp(L2L_P) * g)])
     (o,), h1 = net(meta["net1"], x, h1)
     return -jnp.exp(o) * g, h1
-  raise AssertionError(spec.name)
+  raise AssertionError(spec.math)

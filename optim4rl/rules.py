@@ -31,6 +31,17 @@ class Rule:
   kernel_id: int                       # matches `enum RuleId` in csrc/optim4rl_math.h
   nets: tuple[tuple[int, int], ...]    # (input size, output size) of each GRU+MLP net
   doc: str
+  odd: bool = False  # update made odd in g: (u(g) - u(-g)) / 2, one hidden state per sign
+
+  @property
+  def math(self) -> str:
+    """The plain rule whose per-element math (and kernel) this one uses."""
+    return next(r.name for r in RULES.values() if r.kernel_id == self.kernel_id and not r.odd)
+
+  @property
+  def columns_per_param(self) -> int:
+    """Columns of the hidden-state array per parameter: 2 for odd rules (g and -g)."""
+    return 2 if self.odd else 1
 
   @property
   def hidden_rows(self) -> int:
@@ -70,6 +81,10 @@ RULES = {
         Rule("l2lgd2", 3, ((2, 1),),
              "L2LGD^2 (Andrychowicz et al. 2016) as in App. C.3: one GRU on the L2L "
              "log/sign preprocessing (p = 10), update -lr exp(o) g."),
+        Rule("optim4rl_odd", 0, ((2, 2), (1, 1)),
+             "Optim4RL made odd in g like Adam: the update is (u(g) - u(-g)) / 2 with u "
+             "Algorithm 1 run on g and on -g (two hidden states per parameter); the same "
+             "meta-parameters and kernels as optim4rl.", odd=True),
     )
 }
 

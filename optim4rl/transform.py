@@ -20,13 +20,14 @@ ScalarOrSchedule = Union[float, jax.Array, Callable[[jax.Array], jax.Array]]
 
 class LearnedOptimizerState(NamedTuple):
   hidden: jax.Array  # (rows, P) float32, rows = 8 per GRU, P = parameters in the pytree
+  #                    (2P for odd rules: the columns of -g follow those of g)
   count: jax.Array   # int32 number of updates applied (drives learning-rate schedules)
 
 
 def init_state(rule: str, params) -> LearnedOptimizerState:
   """Zero hidden states for every parameter of `params` (any pytree of arrays)."""
   spec = get_rule(rule)
-  size = sum(int(jnp.size(leaf)) for leaf in jax.tree.leaves(params))
+  size = sum(int(jnp.size(leaf)) for leaf in jax.tree.leaves(params)) * spec.columns_per_param
   return LearnedOptimizerState(jnp.zeros((spec.hidden_rows, size), jnp.float32),
                                jnp.zeros([], jnp.int32))
 
@@ -64,6 +65,9 @@ def learned_update(meta, grads, state: LearnedOptimizerState, *, rule: str = "op
   spec = check_meta_params(meta, rule)
   backend = resolve_backend(backend)
   flat, treedef, shapes = _flatten_grads(grads)
+  size = flat.shape[0]
+  if spec.odd:  # one launch over [g, -g]
+    flat = jnp.concatenate([flat, -flat])
   if state.hidden.shape != (spec.hidden_rows, flat.shape[0]):
     raise ValueError(f"optim4rl: optimizer state holds hidden states of shape "
                      f"{state.hidden.shape}, but the gradients need "
@@ -71,6 +75,8 @@ def learned_update(meta, grads, state: LearnedOptimizerState, *, rule: str = "op
                      "these parameters and this rule?")
   direction, hidden = fused_step(spec, flatten_meta(meta, spec), flat, state.hidden,
                                  clip=clip, backend=backend)
+  if spec.odd:
+    direction = 0.5 * (direction[:size] - direction[size:])
   lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
   updates = _unflatten(lr * direction, treedef, shapes)
   return updates, LearnedOptimizerState(hidden, optax.safe_int32_increment(state.count))

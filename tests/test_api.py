@@ -7,7 +7,8 @@ import pytest
 
 import optim4rl
 from optim4rl import rules
-from conftest import RULE_NAMES, rel_err, rl_like_gradients
+from conftest import (ODD_RULE_NAMES, RULE_NAMES, rel_err, rl_like_gradients,
+                      scanned_meta_gradients)
 
 
 def mixed_tree(key):
@@ -29,7 +30,7 @@ def test_public_contract():
     optim4rl.init_meta_params(jax.random.key(0), rule=rule)
 
 
-@pytest.mark.parametrize("rule", RULE_NAMES)
+@pytest.mark.parametrize("rule", RULE_NAMES + ODD_RULE_NAMES)
 def test_pytree_with_mixed_shapes_scalars_and_empty_leaves(kernel_backend, rule):
   meta = optim4rl.init_meta_params(jax.random.key(1), rule)
   grads = mixed_tree(jax.random.key(2))
@@ -49,6 +50,51 @@ def test_pytree_with_mixed_shapes_scalars_and_empty_leaves(kernel_backend, rule)
     assert rel_err(a, b) <= 1e-5
   assert rel_err(got[2].hidden, want[2].hidden) <= 1e-5
   assert int(got[2].count) == 2
+
+
+@pytest.mark.parametrize("rule", ODD_RULE_NAMES)
+def test_odd_rule_is_its_plain_rule_on_both_signs(kernel_backend, rule):
+  spec = rules.get_rule(rule)
+  meta = optim4rl.init_meta_params(jax.random.key(5), rule)
+  grads = rl_like_gradients(jax.random.key(6), 40)
+  plain = optim4rl.learned_optimizer(meta, rule=spec.math, learning_rate=0.1, backend="reference")
+
+  @jax.jit
+  def want(g):  # (u(g) - u(-g)) / 2 over two steps, each sign with its own hidden state
+    sp, sn = plain.init(g), plain.init(g)
+    outs = []
+    for x in (g, -3.0 * g):
+      up, sp = plain.update(x, sp)
+      un, sn = plain.update(-x, sn)
+      outs.append(0.5 * (up - un))
+    return outs
+
+  @jax.jit
+  def got(g, sign):
+    tx = optim4rl.learned_optimizer(meta, rule=rule, learning_rate=0.1, backend=kernel_backend)
+    s = tx.init(g)
+    outs = []
+    for x in (g, -3.0 * g):
+      u, s = tx.update(sign * x, s)
+      outs.append(u)
+    return outs, s
+
+  (u1, u2), state = got(grads, 1.0)
+  (n1, n2), _ = got(grads, -1.0)
+  assert state.hidden.shape == (spec.hidden_rows, 2 * grads.size)
+  for a, b in zip((u1, u2), want(grads)):
+    assert rel_err(a, b) <= 1e-5
+  assert rel_err(-n1, u1) <= 1e-6 and rel_err(-n2, u2) <= 1e-6  # odd in g
+  batch = jnp.stack([grads, 0.5 * grads[::-1]])
+  for row, u in zip(batch, jax.vmap(lambda g: got(g, 1.0)[0][1])(batch)):
+    assert rel_err(u, got(row, 1.0)[0][1]) <= 1e-6
+
+
+@pytest.mark.parametrize("rule", ODD_RULE_NAMES)
+def test_odd_rule_meta_gradient_matches_reference(kernel_backend, rule):
+  got, want, flatten = scanned_meta_gradients(rule, kernel_backend)
+  assert np.any(np.asarray(flatten(want)) != 0)
+  assert rel_err(flatten(got), flatten(want)) <= 1e-4
 
 
 def test_meta_gradient_through_tx_update_is_nonzero_and_matches():

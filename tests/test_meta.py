@@ -160,3 +160,14 @@ def test_units_split_over_two_host_devices_match_one_device(kind):
                        env=env, timeout=900)
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
   assert "sharded == single" in out.stdout
+
+
+def test_validation_scores_the_moving_average_when_one_is_kept(tmp_path):
+  cfg = dataclasses.replace(VALIDATED, iterations=2, average_decay=0.5)
+  meta_train(cfg, tmp_path, checkpoint_every=2)
+  avg, _ = optim4rl.load_meta_params(tmp_path / "meta_avg.npz")
+  best, _ = optim4rl.load_meta_params(tmp_path / "meta_best.npz")
+  flat = lambda m: np.asarray(optim4rl.flatten_meta(m, cfg.rule))
+  np.testing.assert_array_equal(flat(best), flat(avg))  # the only validated iteration
+  score = float((tmp_path / "validation.csv").read_text().splitlines()[1].split(",")[1])
+  np.testing.assert_allclose(score, float(np.mean(M.validation_returns(cfg)(avg))), rtol=1e-5)
