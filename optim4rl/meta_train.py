@@ -6,8 +6,8 @@ moving average, if `average_decay` > 0), with validation (`validate_every` > 0) 
 (the score of each validated iteration) and meta_best.npz (the best-scoring meta-parameters
 so far; their moving average is what is scored when one is kept), and checkpoints/ (orbax,
 the full state: meta-parameters, meta-optimizer state, every unit's agent, optimizer state and
-worlds, the iteration, the PRNG key and the best validation score). Starting a run in a directory with a
-checkpoint resumes it.
+worlds, the iteration, the PRNG key and the best validation score). Starting a run in a
+directory with a checkpoint resumes it.
 """
 from __future__ import annotations
 
