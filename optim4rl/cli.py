@@ -124,7 +124,8 @@ def cmd_meta_train(args):
   def report(iteration, row):
     bar.update(iteration - bar.n)
     rets = [v for k, v in row.items() if k.startswith("return_")]
-    validation.update({"val": f"{row['validation']:.2f}"} if "validation" in row else {})
+    if "validation" in row:  # the latest score stays on the bar
+      validation["val"] = f"{row['validation']:.2f}"
     bar.set_postfix(ret=f"{sum(rets) / len(rets):.2f}", gnorm=f"{row['meta_grad_norm']:.2e}",
                     **validation)
 

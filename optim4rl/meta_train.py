@@ -123,21 +123,21 @@ def _check_config(run_dir: Path, cfg):
   path.write_text(json.dumps(mine, indent=1))
 
 
-def _truncate_log(path: Path, iteration: int) -> float:
-  """Drop log rows past the checkpoint being resumed from (they will be run again);
-  returns the run time logged up to that checkpoint."""
+def _truncate_csv(path: Path, iteration: int) -> list[dict]:
+  """Drop rows past the checkpoint being resumed from (they will be run again); returns the
+  rows kept."""
   if not path.exists():
-    return 0.0
+    return []
   with open(path, newline="") as f:
     rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= iteration]
   if not rows:
     path.unlink()
-    return 0.0
+    return []
   with open(path, "w", newline="") as f:
     log = csv.DictWriter(f, fieldnames=list(rows[0]))
     log.writeheader()
     log.writerows(rows)
-  return float(rows[-1].get("seconds", 0.0))
+  return rows
 
 
 def _append_row(path: Path, row: dict):
@@ -184,8 +184,9 @@ def meta_train(cfg, run_dir: str | Path, *, checkpoint_every: int = 50,
   names = tasks.names
   fields = [*LOG_FIELDS, *(f"return_{n}" for n in names)]
   start = int(state["iteration"])
-  seconds_before = _truncate_log(log_path, start)
-  _truncate_log(run_dir / "validation.csv", start)
+  logged = _truncate_csv(log_path, start)
+  seconds_before = float(logged[-1]["seconds"]) if logged else 0.0  # run time up to there
+  _truncate_csv(run_dir / "validation.csv", start)
   new_log = not log_path.exists()
   t0 = time.time() - seconds_before
   with open(log_path, "a", newline="") as log_file:
