@@ -94,6 +94,9 @@ def _meta_config(args):
     if args.validate_every:
       raise ValueError("--validate-every: validation trains A2C agents on a gridworld; it is "
                        "not available for PPO meta-training (--task)")
+    if args.outer_loss != "actor":
+      raise ValueError("--outer-loss chooses the A2C outer loss; PPO meta-training's outer loss "
+                       "is the PPO loss (Appendix C)")
     from optim4rl.meta_ppo import PPOMetaConfig
     if args.lrs and len(args.lrs) != 1:
       raise ValueError("PPO meta-training takes one agent learning rate")
@@ -102,7 +105,8 @@ def _meta_config(args):
   from optim4rl.meta import MetaConfig
   lrs = tuple(args.lrs) if args.lrs else tuple(default_learning_rate(w) for w in args.worlds)
   return MetaConfig(worlds=tuple(args.worlds), agent_lrs=lrs, reward_scale=args.reward_scale,
-                    validate_every=args.validate_every, validate_seeds=args.validate_seeds,
+                    outer_loss=args.outer_loss, validate_every=args.validate_every,
+                    validate_seeds=args.validate_seeds,
                     validate_steps=int(args.validate_steps), **common)
 
 
@@ -238,6 +242,8 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--envs-per-unit", type=_positive_int, default=1)
   p.add_argument("--reset-interval", type=_positive_int, default=256)
   p.add_argument("--inner-updates", type=_positive_int, default=4)
+  p.add_argument("--outer-loss", choices=("actor", "total"), default="actor",
+                 help="A2C outer loss: the actor loss (Appendix C) or the whole A2C loss")
   p.add_argument("--iterations", type=_positive_int, default=600)
   p.add_argument("--meta-lr", type=float, default=1e-3)
   p.add_argument("--meta-grad-clip", type=float, default=1.0)

@@ -26,6 +26,9 @@ from optim4rl.train import AgentState, episode_means, init_agent, update
 from optim4rl.transform import init_state, learned_optimizer
 
 
+OUTER_LOSSES = ("actor", "total")
+
+
 @dataclasses.dataclass(frozen=True)
 class MetaConfig:
   worlds: tuple[str, ...] = ("small_dense_short",)
@@ -35,6 +38,7 @@ class MetaConfig:
   envs_per_unit: int = 1         # worlds each unit's agent acts in
   reset_interval: int = 256      # m, in iterations
   inner_updates: int = 4         # M
+  outer_loss: str = "actor"      # A2C term of the outer loss: "actor" (Appendix C) or "total"
   iterations: int = 1000
   meta_lr: float = 1e-3
   meta_grad_clip: float = 1.0    # clip of the meta-gradient's global norm (<= 0: none)
@@ -57,6 +61,9 @@ class MetaConfig:
       raise ValueError(f"give one agent learning rate or one per world ({len(self.worlds)}), "
                        f"got {len(self.agent_lrs)}")
     get_rule(self.rule)
+    if self.outer_loss not in OUTER_LOSSES:
+      raise ValueError(f"unknown outer loss {self.outer_loss!r}; "
+                       f"expected one of {OUTER_LOSSES}")
     if not 0.0 <= self.average_decay < 1.0:
       raise ValueError(f"average_decay must be in [0, 1), got {self.average_decay}")
     if self.validate_every < 0:
@@ -93,7 +100,8 @@ def reset_offsets(units: int, interval: int):
 
 def unit_meta_loss(meta, unit: Unit, world: gw.World, cfg: MetaConfig, lr: float,
                    agent_cfg: a2c.A2CConfig = a2c.A2CConfig()):
-  """M inner A2C updates with the learned optimizer, then the actor loss of the next rollout.
+  """M inner A2C updates with the learned optimizer, then the outer loss (the actor loss, or
+  with cfg.outer_loss="total" the whole A2C loss) of the next rollout.
 
   Returns (outer loss, (unit after the updates, (return sum, episodes))) and is
   differentiable w.r.t. `meta` through all M updates.
@@ -108,7 +116,7 @@ def unit_meta_loss(meta, unit: Unit, world: gw.World, cfg: MetaConfig, lr: float
   unit, (ret, eps) = jax.lax.scan(inner, unit, length=cfg.inner_updates)
   key, k_roll = jax.random.split(unit.key)
   env_states, rollout = a2c.collect(world, unit.params, unit.env_states, k_roll, agent_cfg.rollout)
-  outer = a2c.losses(world, unit.params, rollout, agent_cfg)["actor"]
+  outer = a2c.losses(world, unit.params, rollout, agent_cfg)[cfg.outer_loss]
   out_ret, out_eps = a2c.episode_stats(rollout)
   after = jax.lax.stop_gradient(unit._replace(env_states=env_states, key=key))
   return outer, (after, (ret.sum() + out_ret, eps.sum() + out_eps))

@@ -53,6 +53,9 @@ def test_meta_train_with_validation(tmp_path, capsys):
   assert main(["meta-train", "--task", "inverted_pendulum", "--validate-every", "5",
                "--out", str(tmp_path / "ppo")]) == 2
   assert "not available for PPO" in capsys.readouterr().err
+  assert main(["meta-train", "--task", "inverted_pendulum", "--outer-loss", "total",
+               "--out", str(tmp_path / "ppo")]) == 2
+  assert "PPO loss" in capsys.readouterr().err
 
 
 def test_module_entry_point_help():

@@ -53,6 +53,22 @@ def test_pipeline_resets_only_the_units_due():
   assert counts.tolist() == [8, 8, 4, 8]  # M = 4 updates, on top of 4 earlier ones unless reset
 
 
+def test_outer_loss_is_the_configured_a2c_term(monkeypatch):
+  world = TINY.world(0)
+  meta = optim4rl.init_meta_params(jax.random.key(0), TINY.rule)
+  unit = M.init_unit(world, TINY.rule, TINY.envs_per_unit, jax.random.PRNGKey(5))
+  terms = []  # every a2c.losses call; the last is the outer loss's, on the next rollout
+  losses = M.a2c.losses
+  monkeypatch.setattr(M.a2c, "losses", lambda *a, **k: terms.append(losses(*a, **k)) or terms[-1])
+  for name in M.OUTER_LOSSES:
+    cfg = dataclasses.replace(TINY, outer_loss=name)
+    outer, _ = M.unit_meta_loss(meta, unit, world, cfg, 1e-2)
+    assert float(outer) == float(terms[-1][name])
+  assert float(terms[-1]["total"]) != float(terms[-1]["actor"])
+  with pytest.raises(ValueError, match="unknown outer loss"):
+    dataclasses.replace(TINY, outer_loss="critic")
+
+
 def test_meta_gradient_same_on_every_backend():
   cfg, world = TINY, TINY.world(0)
   meta = optim4rl.init_meta_params(jax.random.key(1), cfg.rule)
