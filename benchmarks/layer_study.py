@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 
 import jax
@@ -22,12 +23,13 @@ import optax
 
 from optim4rl.agents import a2c
 from optim4rl.envs import gridworld as gw
-from optim4rl.evaluate import final_returns, make_optimizer
+from optim4rl.evaluate import evaluate, make_optimizer
 from optim4rl.profile import machine_info
 from optim4rl.train import init_agent, train, update
 
 # ActorCritic's Dense layers on a small world: the torso, then the policy and value heads.
 GROUPS = {"Dense_0": "torso", "Dense_1": "policy", "Dense_2": "value"}
+ENVS = 512  # worlds per agent, as evaluation trains them
 
 
 def layer_group(path) -> str:
@@ -38,7 +40,7 @@ def layer_group(path) -> str:
 def step_sizes(world: gw.World, tx, lr: float, steps: int, stages: int = 10):
   """{group: [step RMS / lr in each tenth of training]} for one agent (seed 0)."""
   cfg = a2c.A2CConfig()
-  per_stage = max(1, steps // (512 * cfg.rollout * stages))
+  per_stage = max(1, steps // (ENVS * cfg.rollout * stages))
 
   def one(state, _):
     new, _ = update(world, tx, cfg, state)
@@ -46,7 +48,7 @@ def step_sizes(world: gw.World, tx, lr: float, steps: int, stages: int = 10):
     return new, sq
 
   stage = jax.jit(lambda s: jax.lax.scan(one, s, length=per_stage))
-  state = init_agent(world, tx, jax.random.PRNGKey(0), 512)
+  state = init_agent(world, tx, jax.random.PRNGKey(0), ENVS)
   counts = {}
   for path, leaf in jax.tree_util.tree_leaves_with_path(state.params):
     counts[layer_group(path)] = counts.get(layer_group(path), 0) + leaf.size
@@ -70,13 +72,14 @@ def swapped(spec: str, lr: float, adam_lr: float, group: str):
 
 
 def final_return(world: gw.World, tx, steps: int) -> dict:
-  final = final_returns(train(world, tx, steps=steps, seeds=range(10)))
-  return {"final_return_mean": float(final.mean()),
-          "final_return_se": float(final.std(ddof=1) / np.sqrt(len(final)))}
+  """Mean and s.e. of 10 agents' final returns, as evaluation reports them."""
+  (result,) = evaluate(functools.partial(train, world, steps=steps, num_envs=ENVS), {"": tx},
+                       seeds=10)
+  return {"final_return_mean": result.mean, "final_return_se": result.stderr}
 
 
 def linearly_decayed(tx, steps: int):
-  updates = steps // (512 * a2c.A2CConfig().rollout)
+  updates = steps // (ENVS * a2c.A2CConfig().rollout)
   return optax.chain(tx, optax.scale_by_schedule(optax.linear_schedule(1.0, 0.0, updates)))
 
 

@@ -242,8 +242,9 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--envs-per-unit", type=_positive_int, default=1)
   p.add_argument("--reset-interval", type=_positive_int, default=256)
   p.add_argument("--inner-updates", type=_positive_int, default=4)
-  p.add_argument("--outer-loss", choices=("actor", "total"), default="actor",
-                 help="A2C outer loss: the actor loss (Appendix C) or the whole A2C loss")
+  p.add_argument("--outer-loss", default="actor",
+                 help="A2C outer loss: actor (the actor loss, Appendix C) or total (the whole "
+                      "A2C loss)")
   p.add_argument("--iterations", type=_positive_int, default=600)
   p.add_argument("--meta-lr", type=float, default=1e-3)
   p.add_argument("--meta-grad-clip", type=float, default=1.0)
