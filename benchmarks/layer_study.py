@@ -25,7 +25,7 @@ from optim4rl.agents import a2c
 from optim4rl.envs import gridworld as gw
 from optim4rl.evaluate import evaluate, make_optimizer
 from optim4rl.profile import machine_info
-from optim4rl.train import init_agent, train, update
+from optim4rl.train import init_agent, optimizer_updates, train, update
 
 # ActorCritic's Dense layers on a small world: the torso, then the policy and value heads.
 GROUPS = {"Dense_0": "torso", "Dense_1": "policy", "Dense_2": "value"}
@@ -78,11 +78,6 @@ def final_return(world: gw.World, tx, steps: int) -> dict:
   return {"final_return_mean": result.mean, "final_return_se": result.stderr}
 
 
-def linearly_decayed(tx, steps: int):
-  updates = steps // (ENVS * a2c.A2CConfig().rollout)
-  return optax.chain(tx, optax.scale_by_schedule(optax.linear_schedule(1.0, 0.0, updates)))
-
-
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("rules", nargs="+", help="learned optimizers as RULE:PATH@LR")
@@ -125,7 +120,8 @@ def main():
     print("final return (10 agents) with steps decayed linearly to 0 over training")
     for spec, lr in runs:
       decayed.append({"optimizer": spec, "lr": lr,
-                      **final_return(world, linearly_decayed(make_optimizer(spec, lr), steps),
+                      **final_return(world, make_optimizer(spec, lr, schedule="linear",
+                                                           updates=optimizer_updates(steps, ENVS)),
                                      steps)})
       print(f"{spec:<70} lr {lr:<7g} {decayed[-1]['final_return_mean']:7.3f} "
             f"+- {decayed[-1]['final_return_se']:.3f}")

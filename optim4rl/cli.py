@@ -4,6 +4,7 @@
   python -m optim4rl meta-train --task ant --units 2048 --reset-interval 512 --out runs/ant
   python -m optim4rl train --world small_dense_short --optimizer adam
   python -m optim4rl evaluate --task ant --optimizers adam@3e-4 optim4rl:runs/six/meta.npz@3e-4
+  python -m optim4rl evaluate --world small_dense_short --optimizers adam@3e-2 adam@5e-2:linear
   python -m optim4rl gradients --worlds big_dense_long --tasks ant humanoid
   python -m optim4rl bench --sizes 1e5 1e6
 """
@@ -39,31 +40,44 @@ def _task_name(text: str) -> str:
   return text
 
 
-def _trainer(args, steps: int):
-  """(environment name, run(tx, seeds=, progress=) -> Curve) for --world or --task."""
-  from optim4rl.train import train
+def _trainer(args, steps: int, chunks: int | None = None):
+  """(environment name, run(tx, seeds=, progress=, ...) -> Curve, optimizer updates per run)
+  for --world or --task, in `chunks` scans (default: the trainer's)."""
+  from optim4rl import train
   if args.task:
     from optim4rl import train_ppo
     settings = train_ppo.small(args.task) if args.small else None
     eval_envs = getattr(args, "eval_envs", 0)
     if eval_envs is None:  # Brax's 128, or 16 at CPU size
       eval_envs = 16 if args.small else 128
-    return args.task, lambda tx, **kw: train_ppo.train(args.task, tx, steps=steps,
-                                                       settings=settings, eval_envs=eval_envs, **kw)
+    chunks = chunks or train_ppo.CHUNKS
+    run = lambda tx, **kw: train_ppo.train(args.task, tx, steps=steps, settings=settings,
+                                           eval_envs=eval_envs, chunks=chunks, **kw)
+    return args.task, run, train_ppo.optimizer_updates(args.task, steps, settings, chunks)
   from optim4rl import envs
   world = envs.make(args.world)
-  return args.world, lambda tx, **kw: train(world, tx, steps=steps, num_envs=args.envs, **kw)
+  chunks = chunks or train.CHUNKS
+  run = lambda tx, **kw: train.train(world, tx, steps=steps, num_envs=args.envs, chunks=chunks,
+                                     **kw)
+  return args.world, run, train.optimizer_updates(steps, args.envs, chunks=chunks)
 
 
-def _optimizer(spec: str, env_name: str, backend, task: bool, lr: float | None = None):
-  """The optax optimizer of a spec with an optional "@lr" ("adam@3e-3"); `lr` overrides it,
-  and without either the environment's default learning rate applies."""
+def _optimizer(spec: str, env_name: str, backend, task: bool, updates: int,
+               lr: float | None = None):
+  """The optax optimizer of a spec with an optional "@LR[:SCHEDULE]" ("adam@3e-3",
+  "adam@5e-2:linear") over a run of `updates` optimizer updates; `lr` overrides LR, and
+  without either the environment's default learning rate applies."""
   from optim4rl import evaluate as ev
-  name, _, spec_lr = spec.rpartition("@") if "@" in spec else (spec, "", "")
+  name, _, setting = spec.rpartition("@") if "@" in spec else (spec, "", "")
+  spec_lr, _, schedule = setting.partition(":")
   if lr is None:
-    lr = float(spec_lr) if spec_lr else ev.default_learning_rate(env_name)
+    try:
+      lr = float(spec_lr) if spec_lr else ev.default_learning_rate(env_name)
+    except ValueError:
+      raise ValueError(f"optimizer {spec!r}: {spec_lr!r} is not a learning rate") from None
   # Brax's PPO runs its optimizers unclipped; the paper's gridworld configs clip at 1.
-  return ev.make_optimizer(name, lr, backend=backend, clip=None if task else 1.0)
+  return ev.make_optimizer(name, lr, backend=backend, clip=None if task else 1.0,
+                           schedule=schedule or "constant", updates=updates)
 
 
 def _bar(total: int, desc: str, unit: str):
@@ -143,8 +157,8 @@ def cmd_meta_train(args):
 
 def cmd_train(args):
   steps = int(args.steps)
-  name, run = _trainer(args, steps)
-  tx = _optimizer(args.optimizer, name, args.backend, bool(args.task), lr=args.lr)
+  name, run, updates = _trainer(args, steps)
+  tx = _optimizer(args.optimizer, name, args.backend, bool(args.task), updates, lr=args.lr)
   curve = run(tx, seeds=(args.seed,), progress=_train_progress(steps, f"{args.optimizer} on {name}"))
   print(f"final return ({args.optimizer}, seed {args.seed}): "
         f"{curve.returns[0, -1]:.3f} after {curve.steps[-1]} steps")
@@ -153,9 +167,9 @@ def cmd_train(args):
 def cmd_evaluate(args):
   from optim4rl import evaluate as ev
   steps = int(args.steps)
-  name, run = _trainer(args, steps)
+  name, run, updates = _trainer(args, steps)
   # All built before any training, so a bad spec fails at once.
-  optimizers = {spec: _optimizer(spec, name, args.backend, bool(args.task))
+  optimizers = {spec: _optimizer(spec, name, args.backend, bool(args.task), updates)
                 for spec in args.optimizers}
   results = ev.evaluate(run, optimizers, seeds=args.seeds,
                         progress=lambda label: _train_progress(steps, f"{label} x{args.seeds} seeds"))
@@ -166,6 +180,8 @@ def cmd_evaluate(args):
   ev.plot(results, out / "returns.png", f"{agent} on {name}, {args.seeds} seeds")
   print(f"\n{name}, {steps:,} steps per agent")
   print(ev.table(results))
+  if len(ev.best_per_optimizer(results)) < len(results):  # an optimizer in several settings
+    print("\n" + ev.best_table(results))
   print(f"plot: {out / 'returns.png'}  curves: {out / 'curves.csv'}")
 
 
@@ -181,9 +197,9 @@ def cmd_gradients(args):
   for kind, name, steps in jobs:
     ns = argparse.Namespace(world=name if kind == "world" else None,
                             task=name if kind == "task" else None, small=args.small, envs=args.envs)
-    _, run = _trainer(ns, steps)
-    tx = _optimizer(args.optimizer, name, args.backend, kind == "task")
-    curve = run(tx, seeds=(args.seed,), chunks=12, grad_stat=G.log_histogram,
+    _, run, updates = _trainer(ns, steps, chunks=12)
+    tx = _optimizer(args.optimizer, name, args.backend, kind == "task", updates)
+    curve = run(tx, seeds=(args.seed,), grad_stat=G.log_histogram,
                 progress=_train_progress(steps, f"gradients of {name}"))
     for stage, counts in zip(("early", "middle", "late"), G.stages(curve.stats)):
       hists[f"{name}/{stage}"] = counts
@@ -268,7 +284,8 @@ def parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser("train", help="train one agent (A2C on a gridworld, PPO on a Brax task)")
   _add_environment(p)
-  p.add_argument("--optimizer", default="adam", help="adam | rmsprop | sgd | RULE:PATH")
+  p.add_argument("--optimizer", default="adam",
+                 help="adam | rmsprop | sgd | RULE:PATH, optionally @LR[:SCHEDULE]")
   p.add_argument("--lr", type=float)
   p.add_argument("--steps", type=float, default=3e6)
   p.add_argument("--seed", type=int, default=0)
@@ -278,7 +295,8 @@ def parser() -> argparse.ArgumentParser:
   p = sub.add_parser("evaluate", help="compare optimizers over seeds: table, CSV and plot")
   _add_environment(p)
   p.add_argument("--optimizers", nargs="+", default=["adam"],
-                 help="specs, optionally with a learning rate: adam@1e-2 optim4rl:meta.npz")
+                 help="specs, optionally with a learning rate and schedule (constant, linear): "
+                      "adam@1e-2 adam@5e-2:linear optim4rl:meta.npz@5e-2:linear")
   p.add_argument("--seeds", type=_positive_int, default=10)
   p.add_argument("--steps", type=float, default=3e6)
   p.add_argument("--backend", default=None)
@@ -289,7 +307,7 @@ def parser() -> argparse.ArgumentParser:
                      "tasks, and how much the worlds' cover the tasks'")
   p.add_argument("--worlds", nargs="*", type=_world_name, default=["big_dense_long"])
   p.add_argument("--tasks", nargs="*", type=_task_name, default=["ant", "humanoid"])
-  p.add_argument("--optimizer", default="adam", help="a spec, optionally @lr")
+  p.add_argument("--optimizer", default="adam", help="a spec, optionally @LR[:SCHEDULE]")
   p.add_argument("--world-steps", type=float, default=3e6)
   p.add_argument("--task-steps", type=float, default=1e7)
   p.add_argument("--envs", type=_positive_int, default=512, help="gridworld envs per agent")

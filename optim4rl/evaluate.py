@@ -4,7 +4,8 @@ several seeds and compare.
 Optimizers are named by specs: "adam", "rmsprop", "sgd" (optax, with the elementwise gradient
 clip of 1 used in the paper's configs), or "RULE:PATH" for a learned optimizer whose
 meta-parameters were saved to PATH (RULE is optim4rl, optim4rl_public, linear_optim, l2lgd2;
-"learned:PATH" takes the rule stored in the file). Results: final return mean +- standard
+"learned:PATH" takes the rule stored in the file). Any of them can run under a schedule
+(SCHEDULES) that scales its steps over training, alike for every optimizer. Results: final return mean +- standard
 error over seeds (the mean over the last tenth of training), CSV logs and a PNG of the curves.
 """
 from __future__ import annotations
@@ -22,6 +23,9 @@ from optim4rl.train import Curve
 from optim4rl.transform import learned_optimizer
 
 CLASSICAL = {"adam": optax.adam, "rmsprop": optax.rmsprop, "sgd": optax.sgd}
+# Factors on every step: constant, or falling linearly from 1 to 0 over training (annealing
+# that the learned rules do not do by themselves; see benchmarks/layer_study.py).
+SCHEDULES = ("constant", "linear")
 
 
 def default_learning_rate(world_name: str) -> float:
@@ -34,11 +38,30 @@ def default_learning_rate(world_name: str) -> float:
 
 
 def make_optimizer(spec: str, learning_rate: float, *, clip: float | None = 1.0,
-                   backend: str | None = None) -> optax.GradientTransformation:
+                   backend: str | None = None, schedule: str = "constant",
+                   updates: int | None = None) -> optax.GradientTransformation:
   """The optax optimizer a spec names (see the module docstring); clear errors otherwise.
 
   `clip`: elementwise gradient clip of the classical optimizers (None: none, as in Brax's
-  PPO); a learned optimizer always clips at Algorithm 1's c (1 unless `clip` says otherwise)."""
+  PPO); a learned optimizer always clips at Algorithm 1's c (1 unless `clip` says otherwise).
+  `schedule` (one of SCHEDULES) scales the steps over a run of `updates` optimizer updates."""
+  return scheduled(_unscheduled(spec, learning_rate, clip, backend), schedule, updates)
+
+
+def scheduled(tx: optax.GradientTransformation, schedule: str,
+              updates: int | None) -> optax.GradientTransformation:
+  """`tx` with its steps scaled by `schedule` over `updates` optimizer updates."""
+  if schedule not in SCHEDULES:
+    raise ValueError(f"unknown schedule {schedule!r}; expected one of {list(SCHEDULES)}")
+  if schedule == "constant":
+    return tx
+  if not updates or updates < 1:
+    raise ValueError(f"schedule {schedule!r} needs the run's number of optimizer updates")
+  return optax.chain(tx, optax.scale_by_schedule(optax.linear_schedule(1.0, 0.0, updates)))
+
+
+def _unscheduled(spec: str, learning_rate: float, clip: float | None,
+                 backend: str | None) -> optax.GradientTransformation:
   name, _, path = spec.partition(":")
   if name in CLASSICAL and not path:
     tx = CLASSICAL[name](learning_rate)
@@ -104,6 +127,30 @@ def table(results: list[Result]) -> str:
   width = max(len(r.label) for r in results)
   lines = [f"{'optimizer':<{width}}  final return (mean +- s.e., {len(results[0].final)} seeds)"]
   lines += [f"{r.label:<{width}}  {r.mean:8.3f} +- {r.stderr:.3f}" for r in results]
+  return "\n".join(lines)
+
+
+def best_per_optimizer(results: list[Result]) -> list[Result]:
+  """The best-scoring result of each optimizer, best first; labels NAME@SETTINGS (as the CLI
+  writes them, e.g. adam@3e-2 and adam@5e-2:linear) count as settings of one optimizer NAME."""
+  best = {}
+  for r in results:
+    name = r.label.rpartition("@")[0] or r.label
+    if name not in best or r.mean > best[name].mean:
+      best[name] = r
+  return sorted(best.values(), key=lambda r: -r.mean if np.isfinite(r.mean) else np.inf)
+
+
+def best_table(results: list[Result]) -> str:
+  """`best_per_optimizer` as a table, with each one's share of the top mean (if positive)."""
+  best = best_per_optimizer(results)
+  top = best[0].mean
+  width = max(len(r.label) for r in best)
+  lines = [f"{'best setting of each optimizer':<{width}}  final return"
+           + ("  share of the best" if top > 0 else "")]
+  for r in best:
+    share = f"  {100 * r.mean / top:6.1f}%" if top > 0 else ""
+    lines.append(f"{r.label:<{width}}  {r.mean:8.3f} +- {r.stderr:.3f}{share}")
   return "\n".join(lines)
 
 

@@ -17,6 +17,9 @@ from optim4rl.agents import a2c
 from optim4rl.envs import gridworld as gw
 
 
+CHUNKS = 50  # jitted scans per training run (one point of the return curve each)
+
+
 class AgentState(NamedTuple):
   params: dict
   opt_state: optax.OptState
@@ -62,7 +65,7 @@ def _total(world, params, rollout, cfg):
 
 def train(world: gw.World, optimizer: optax.GradientTransformation, *, steps: int,
           num_envs: int = 512, seeds=(0,), cfg: a2c.A2CConfig = a2c.A2CConfig(),
-          chunks: int = 50, progress: Callable[[int, int, float], None] | None = None,
+          chunks: int = CHUNKS, progress: Callable[[int, int, float], None] | None = None,
           grad_stat: Callable | None = None) -> Curve:
   """Train one fresh agent per seed for `steps` environment steps (per seed, all envs).
 
@@ -87,9 +90,7 @@ def run_chunks(step: Callable, state, *, steps: int, steps_per_update: int, chun
   `evaluate(state) -> (seeds,)` is given, it scores the agents after each chunk and its
   returns replace those of the training episodes.
   """
-  updates = max(1, int(steps) // steps_per_update)
-  per_chunk = -(-updates // max(1, min(chunks, updates)))  # ceil: never fewer steps than asked
-  chunks = -(-updates // per_chunk)
+  per_chunk, chunks = chunk_plan(steps, steps_per_update, chunks)
 
   @jax.jit
   def run_chunk(state):
@@ -111,6 +112,21 @@ def run_chunks(step: Callable, state, *, steps: int, steps_per_update: int, chun
   env_steps = np.arange(1, chunks + 1) * per_chunk * steps_per_update
   return Curve(env_steps, np.stack(returns, 1), np.stack(losses, 1),
                None if stats[0] is None else np.stack(stats, 1))
+
+
+def chunk_plan(steps: int, steps_per_update: int, chunks: int) -> tuple[int, int]:
+  """(updates per chunk, chunks) of `run_chunks`: about `chunks` equal scans, never fewer
+  environment steps than asked."""
+  updates = max(1, int(steps) // steps_per_update)
+  per_chunk = -(-updates // max(1, min(chunks, updates)))  # ceil
+  return per_chunk, -(-updates // per_chunk)
+
+
+def optimizer_updates(steps: int, num_envs: int = 512, cfg: a2c.A2CConfig = a2c.A2CConfig(),
+                      chunks: int = CHUNKS) -> int:
+  """How many optimizer updates `train` makes with these arguments (for schedules)."""
+  per_chunk, chunks = chunk_plan(steps, num_envs * cfg.rollout, chunks)
+  return per_chunk * chunks
 
 
 def episode_means(ret_sum: np.ndarray, episodes: np.ndarray) -> np.ndarray:

@@ -13,11 +13,13 @@ import optax
 
 from optim4rl.agents import ppo
 from optim4rl.envs import brax_tasks
-from optim4rl.train import Curve, run_chunks
+from optim4rl.train import Curve, chunk_plan, run_chunks
+
+CHUNKS = 20  # jitted scans per training run (one point of the return curve each)
 
 
 def train(task: str, optimizer: optax.GradientTransformation, *, steps: int | None = None,
-          seeds=(0,), settings: brax_tasks.PPOSettings | None = None, chunks: int = 20,
+          seeds=(0,), settings: brax_tasks.PPOSettings | None = None, chunks: int = CHUNKS,
           backend: str | None = None, progress: Callable[[int, int, float], None] | None = None,
           grad_stat: Callable | None = None, eval_envs: int = 0) -> Curve:
   """Train one fresh PPO agent per seed on the Brax `task` for `steps` environment steps
@@ -41,6 +43,15 @@ def train(task: str, optimizer: optax.GradientTransformation, *, steps: int | No
   return run_chunks(step, state, steps=steps or s.num_timesteps,
                     steps_per_update=ppo.env_steps_per_update(s), chunks=chunks,
                     progress=progress, evaluate=evaluate)
+
+
+def optimizer_updates(task: str, steps: int | None = None,
+                      settings: brax_tasks.PPOSettings | None = None, chunks: int = CHUNKS) -> int:
+  """How many optimizer updates `train` makes with these arguments (for schedules): every
+  iteration takes `num_updates_per_batch` epochs of `num_minibatches` steps."""
+  s = settings or brax_tasks.settings(task)
+  per_chunk, chunks = chunk_plan(steps or s.num_timesteps, ppo.env_steps_per_update(s), chunks)
+  return per_chunk * chunks * s.num_updates_per_batch * s.num_minibatches
 
 
 def small(task: str, **changes) -> brax_tasks.PPOSettings:

@@ -8,7 +8,7 @@ import optim4rl
 from optim4rl import envs
 from optim4rl.agents import a2c
 from optim4rl.evaluate import make_optimizer
-from optim4rl.train import train
+from optim4rl.train import optimizer_updates, train
 
 
 def lambda_returns_loop(rewards, discounts, values, lam):
@@ -85,6 +85,39 @@ def test_optimizer_specs(tmp_path):
   (tmp_path / "bad.npz").write_bytes(b"not a checkpoint")
   with pytest.raises(ValueError):
     make_optimizer(f"learned:{tmp_path / 'bad.npz'}", 1e-3)
+
+
+@pytest.mark.parametrize("spec", ["adam", "learned"])
+def test_linear_schedule_scales_each_step(tmp_path, spec):
+  if spec == "learned":
+    optim4rl.save_meta_params(tmp_path / "m.npz",
+                              optim4rl.init_meta_params(jax.random.key(0), "optim4rl"), "optim4rl")
+    spec = f"learned:{tmp_path / 'm.npz'}"
+  plain, decayed = (make_optimizer(spec, 1e-2, schedule=s, updates=8)
+                    for s in ("constant", "linear"))
+  params = {"w": jnp.ones((3, 5))}
+  grads = jax.random.normal(jax.random.key(1), (10, 3, 5))
+  states = plain.init(params), decayed.init(params)
+  for k in range(10):
+    (u, s0), (v, s1) = (tx.update({"w": grads[k]}, st, params)
+                        for tx, st in zip((plain, decayed), states))
+    states = s0, s1
+    np.testing.assert_allclose(v["w"], max(0.0, 1 - k / 8) * u["w"], rtol=1e-6, atol=1e-9)
+
+
+def test_schedule_errors():
+  with pytest.raises(ValueError, match="unknown schedule 'cosine'"):
+    make_optimizer("adam", 1e-3, schedule="cosine", updates=10)
+  with pytest.raises(ValueError, match="number of optimizer updates"):
+    make_optimizer("adam", 1e-3, schedule="linear")
+
+
+def test_optimizer_updates_counts_the_updates_train_makes():
+  world = envs.make("small_dense_short")
+  steps = 64 * 20 * 7 + 5  # 7 updates, in chunks of 3: 9 run
+  curve = train(world, optax.sgd(0.0), steps=steps, num_envs=64, chunks=3,
+                grad_stat=lambda g: jnp.ones(()))
+  assert curve.stats.sum() == optimizer_updates(steps, 64, chunks=3) == 9
 
 
 def test_patch_dense_is_a_valid_2x2_convolution():

@@ -40,6 +40,25 @@ def test_evaluate_writes_table_csv_and_plot(tmp_path, capsys):
   assert rows[0] == "optimizer,seed,env_steps,return" and len(rows) > 4
 
 
+def test_evaluate_schedules_and_picks_each_optimizers_best(tmp_path, capsys):
+  code = main(["evaluate", "--world", "small_dense_short", "--seeds", "2", "--steps", "25600",
+               "--envs", "64", "--optimizers", "adam@3e-3", "adam@1e-2:linear", "sgd@1e-2",
+               "--out", str(tmp_path)])
+  assert code == 0
+  text = capsys.readouterr().out
+  table, best = text.split("best setting of each optimizer")
+  scores = {line.split()[0]: float(line.split()[1]) for line in table.splitlines()
+            if line.startswith(("adam", "sgd"))}
+  best_adam = max(("adam@3e-3", "adam@1e-2:linear"), key=scores.get)
+  rows = [line.split() for line in best.splitlines()[1:] if line.strip() and "%" in line]
+  assert [r[0] for r in rows] == sorted([best_adam, "sgd@1e-2"], key=lambda k: -scores[k])
+  assert rows[0][-1] == "100.0%"
+  for spec, error in [("adam@3e-3:cosine", "unknown schedule 'cosine'"),
+                      ("adam@fast", "'fast' is not a learning rate")]:
+    assert main(["evaluate", "--optimizers", spec, "--out", str(tmp_path)]) == 2
+    assert error in capsys.readouterr().err
+
+
 def test_meta_train_with_validation(tmp_path, capsys):
   out = tmp_path / "run"
   code = main(["meta-train", "--worlds", "small_dense_short", "--units", "2", "--envs-per-unit",

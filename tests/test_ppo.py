@@ -59,6 +59,8 @@ def test_learned_optimizer_trains_ppo_and_records_gradients():
   n = sum(x.size for x in jax.tree.leaves(params))
   steps = s.num_minibatches * s.num_updates_per_batch  # one update per chunk
   np.testing.assert_array_equal(curve.stats.sum(-1), n * steps)
+  # What schedules are told: the optimizer updates the run made (here 2 chunks of 1 iteration).
+  assert train_ppo.optimizer_updates("inverted_pendulum", 2 * 64 * 4 * 5, s, chunks=2) == 2 * steps
 
 
 def test_meta_ppo_gradient_is_finite_and_nonzero():
