@@ -179,7 +179,7 @@ def plot(results: list[Result], path: Path, title: str):
   ax.set_xlabel("environment steps")
   ax.set_ylabel("episode return")
   ax.set_title(title)
-  ax.legend()
+  ax.legend(loc="lower right", fontsize="small")  # curves rise from the lower left
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
