@@ -5,8 +5,9 @@ Optimizers are named by specs: "adam", "rmsprop", "sgd" (optax, with the element
 clip of 1 used in the paper's configs), or "RULE:PATH" for a learned optimizer whose
 meta-parameters were saved to PATH (RULE is optim4rl, optim4rl_public, linear_optim, l2lgd2;
 "learned:PATH" takes the rule stored in the file). Any of them can run under a schedule
-(SCHEDULES) that scales its steps over training, alike for every optimizer. Results: final return mean +- standard
-error over seeds (the mean over the last tenth of training), CSV logs and a PNG of the curves.
+(SCHEDULES) that scales its steps over training, alike for every optimizer. Results: final
+return mean +- standard error over seeds (the mean over the last tenth of training), CSV logs
+and a PNG of the curves.
 """
 from __future__ import annotations
 

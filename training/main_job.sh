@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job at CPU size (about 5 minutes on 2 cores): meta-train Optim4RL with A2C on
+# The main job at CPU size (about 4.5 minutes on 2 cores): meta-train Optim4RL with A2C on
 # small_dense_short (agent learning rate 2e-2), scoring the meta-parameters every 25 iterations
 # on held-out seeds and keeping the best; then train 10 fresh agents with it and with Adam,
 # each at a constant learning rate and with steps decayed linearly to 0 (the learned rules do
