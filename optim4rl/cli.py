@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import re
 import sys
 from pathlib import Path
 
@@ -78,6 +80,13 @@ def _optimizer(spec: str, env_name: str, backend, task: bool, updates: int,
   # Brax's PPO runs its optimizers unclipped; the paper's gridworld configs clip at 1.
   return ev.make_optimizer(name, lr, backend=backend, clip=None if task else 1.0,
                            schedule=schedule or "constant", updates=updates)
+
+
+def _meta_file_hash(spec: str) -> str | None:
+  """SHA-256 of the meta-parameter file a learned optimizer's spec names (None: classical)."""
+  path = spec.rpartition("@")[0] if "@" in spec else spec
+  _, _, path = path.partition(":")
+  return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
 
 
 def _bar(total: int, desc: str, unit: str):
@@ -166,15 +175,31 @@ def cmd_train(args):
 
 def cmd_evaluate(args):
   from optim4rl import evaluate as ev
+  from optim4rl.run_checkpoint import RunCheckpoint
   steps = int(args.steps)
   name, run, updates = _trainer(args, steps)
   # All built before any training, so a bad spec fails at once.
   optimizers = {spec: _optimizer(spec, name, args.backend, bool(args.task), updates)
                 for spec in args.optimizers}
-  results = ev.evaluate(run, optimizers, seeds=args.seeds,
-                        progress=lambda label: _train_progress(steps, f"{label} x{args.seeds} seeds"))
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
+  checkpoints = {}
+
+  def checkpoint(spec):  # one resumable run per optimizer, named by everything it depends on
+    identity = dict(environment=name, steps=steps, seeds=args.seeds, optimizer=spec,
+                    backend=args.backend, meta_sha256=_meta_file_hash(spec))
+    identity.update(dict(small=args.small, eval_envs=args.eval_envs) if args.task
+                    else dict(envs=args.envs))
+    slug = re.sub(r"[^A-Za-z0-9.@-]+", "_", spec)[-60:]
+    digest = hashlib.sha1(spec.encode()).hexdigest()[:8]
+    checkpoints[spec] = RunCheckpoint(out / "checkpoints" / f"{slug}-{digest}", identity)
+    return checkpoints[spec]
+
+  results = ev.evaluate(run, optimizers, seeds=args.seeds, checkpoint=checkpoint,
+                        progress=lambda label: _train_progress(steps, f"{label} x{args.seeds} seeds"))
+  for spec, ckpt in checkpoints.items():
+    if ckpt.resumed_after:
+      print(f"{spec}: resumed after chunk {ckpt.resumed_after} from {ckpt.directory}")
   ev.write_csv(results, out / "curves.csv")
   agent = "PPO" if args.task else "A2C"
   ev.plot(results, out / "returns.png", f"{agent} on {name}, {args.seeds} seeds")

@@ -20,6 +20,7 @@ import optax
 
 from optim4rl.envs import gridworld as gw
 from optim4rl.rules import RULES, load_meta_params
+from optim4rl.run_checkpoint import RunCheckpoint
 from optim4rl.train import Curve
 from optim4rl.transform import learned_optimizer
 
@@ -111,15 +112,22 @@ def last_tenth(chunk_returns: np.ndarray) -> np.ndarray:
 
 
 def evaluate(run: Callable[..., Curve], optimizers: dict[str, optax.GradientTransformation], *,
-             seeds: int, progress: Callable[[str], Callable[[int, int, float], None]] | None = None
-             ) -> list[Result]:
+             seeds: int, progress: Callable[[str], Callable[[int, int, float], None]] | None = None,
+             checkpoint: Callable[[str], RunCheckpoint] | None = None) -> list[Result]:
   """Train `seeds` fresh agents per optimizer (label -> optax optimizer).
 
-  `run(tx, seeds=..., progress=...) -> Curve` trains them, e.g. `train.train` on a gridworld
-  or `train_ppo.train` on a Brax task with everything but those arguments bound."""
+  `run(tx, seeds=..., progress=..., checkpoint=...) -> Curve` trains them, e.g. `train.train`
+  on a gridworld or `train_ppo.train` on a Brax task with everything but those arguments
+  bound. `checkpoint(label)`, if given, makes each optimizer's run resumable."""
   results = []
   for label, tx in optimizers.items():
-    curve = run(tx, seeds=range(seeds), progress=progress(label) if progress else None)
+    ckpt = checkpoint(label) if checkpoint else None
+    try:
+      curve = run(tx, seeds=range(seeds), progress=progress(label) if progress else None,
+                  checkpoint=ckpt)
+    finally:
+      if ckpt is not None:
+        ckpt.close()
     results.append(Result(label, curve, final_returns(curve)))
   return results
 

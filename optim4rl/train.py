@@ -15,6 +15,7 @@ import optax
 
 from optim4rl.agents import a2c
 from optim4rl.envs import gridworld as gw
+from optim4rl.run_checkpoint import RunCheckpoint
 
 
 CHUNKS = 50  # jitted scans per training run (one point of the return curve each)
@@ -66,31 +67,39 @@ def _total(world, params, rollout, cfg):
 def train(world: gw.World, optimizer: optax.GradientTransformation, *, steps: int,
           num_envs: int = 512, seeds=(0,), cfg: a2c.A2CConfig = a2c.A2CConfig(),
           chunks: int = CHUNKS, progress: Callable[[int, int, float], None] | None = None,
-          grad_stat: Callable | None = None) -> Curve:
+          grad_stat: Callable | None = None, checkpoint: RunCheckpoint | None = None) -> Curve:
   """Train one fresh agent per seed for `steps` environment steps (per seed, all envs).
 
   The run is split into `chunks` jitted scans; each chunk reports the mean return of the
   episodes that ended in it. `progress(chunk, env_steps, mean_return)` is called after each.
   `grad_stat(grads)` (optional) is summed over each chunk's updates into `Curve.stats`.
+  With a `checkpoint` (a `RunCheckpoint`), the run resumes from and saves to it.
   """
   keys = jnp.stack([jax.random.PRNGKey(int(s)) for s in seeds])
   state = jax.jit(jax.vmap(lambda k: init_agent(world, optimizer, k, num_envs)))(keys)
   step = lambda s: update(world, optimizer, cfg, s, grad_stat)
   return run_chunks(step, state, steps=steps, steps_per_update=num_envs * cfg.rollout,
-                    chunks=chunks, progress=progress)
+                    chunks=chunks, progress=progress, checkpoint=checkpoint)
 
 
 def run_chunks(step: Callable, state, *, steps: int, steps_per_update: int, chunks: int,
                progress: Callable[[int, int, float], None] | None = None,
-               evaluate: Callable | None = None) -> Curve:
+               evaluate: Callable | None = None,
+               checkpoint: RunCheckpoint | None = None) -> Curve:
   """Run `step(state) -> (state, (return sum, episodes, loss, *stat))` over a leading seed
   axis of `state` for at least `steps` environment steps, in `chunks` jitted scans.
 
   A fourth output of `step`, if any, is summed per chunk into `Curve.stats`. If
   `evaluate(state) -> (seeds,)` is given, it scores the agents after each chunk and its
-  returns replace those of the training episodes.
+  returns replace those of the training episodes. With a `checkpoint`, the run resumes from
+  its newest save and saves as it goes.
   """
   per_chunk, chunks = chunk_plan(steps, steps_per_update, chunks)
+  returns, losses, stats, done = [], [], [], 0
+  if checkpoint is not None:
+    state, done, returns, losses, stats = checkpoint.restore(state, per_chunk, chunks)
+    if done and progress is not None:
+      _report(progress, done - 1, done * per_chunk * steps_per_update, returns[-1])
 
   @jax.jit
   def run_chunk(state):
@@ -99,19 +108,25 @@ def run_chunks(step: Callable, state, *, steps: int, steps_per_update: int, chun
     stat = out[3].sum(0) if len(out) > 3 else None
     return state, ret.sum(0), eps.sum(0), loss.mean(0), stat
 
-  returns, losses, stats = [], [], []
-  for c in range(chunks):
+  for c in range(done, chunks):
     state, ret, eps, loss, stat = run_chunk(state)
     ret, eps = np.asarray(ret), np.asarray(eps)
     returns.append(episode_means(ret, eps) if evaluate is None else np.asarray(evaluate(state)))
     losses.append(np.asarray(loss))
     stats.append(None if stat is None else np.asarray(stat))
+    if checkpoint is not None:
+      checkpoint.save(c + 1, state, returns, losses, stats, per_chunk=per_chunk, chunks=chunks)
     if progress is not None:
-      seen = returns[-1][~np.isnan(returns[-1])]
-      progress(c, (c + 1) * per_chunk * steps_per_update, float(seen.mean()) if len(seen) else np.nan)
+      _report(progress, c, (c + 1) * per_chunk * steps_per_update, returns[-1])
   env_steps = np.arange(1, chunks + 1) * per_chunk * steps_per_update
   return Curve(env_steps, np.stack(returns, 1), np.stack(losses, 1),
                None if stats[0] is None else np.stack(stats, 1))
+
+
+def _report(progress: Callable[[int, int, float], None], chunk: int, env_steps: int,
+            returns: np.ndarray):
+  seen = returns[~np.isnan(returns)]
+  progress(chunk, env_steps, float(seen.mean()) if len(seen) else np.nan)
 
 
 def chunk_plan(steps: int, steps_per_update: int, chunks: int) -> tuple[int, int]:

@@ -13,6 +13,7 @@ import optax
 
 from optim4rl.agents import ppo
 from optim4rl.envs import brax_tasks
+from optim4rl.run_checkpoint import RunCheckpoint
 from optim4rl.train import Curve, chunk_plan, run_chunks
 
 CHUNKS = 20  # jitted scans per training run (one point of the return curve each)
@@ -21,12 +22,14 @@ CHUNKS = 20  # jitted scans per training run (one point of the return curve each
 def train(task: str, optimizer: optax.GradientTransformation, *, steps: int | None = None,
           seeds=(0,), settings: brax_tasks.PPOSettings | None = None, chunks: int = CHUNKS,
           backend: str | None = None, progress: Callable[[int, int, float], None] | None = None,
-          grad_stat: Callable | None = None, eval_envs: int = 0) -> Curve:
+          grad_stat: Callable | None = None, eval_envs: int = 0,
+          checkpoint: RunCheckpoint | None = None) -> Curve:
   """Train one fresh PPO agent per seed on the Brax `task` for `steps` environment steps
   (default: the task's budget). `settings` overrides the task's PPO settings; `backend` picks
   Brax's physics pipeline. Returns are undiscounted and unscaled: with `eval_envs` > 0, those
   of deterministic evaluation episodes in that many fresh envs after each chunk (as Brax
-  reports), else those of the training episodes that ended in each chunk."""
+  reports), else those of the training episodes that ended in each chunk. With a `checkpoint`
+  (a `RunCheckpoint`), the run resumes from and saves to it."""
   s = settings or brax_tasks.settings(task)
   env = brax_tasks.make(task, episode_length=s.episode_length, action_repeat=s.action_repeat,
                         backend=backend)
@@ -42,7 +45,7 @@ def train(task: str, optimizer: optax.GradientTransformation, *, steps: int | No
         env, nets, st, jax.random.fold_in(st.key, 7), eval_envs, s)))
   return run_chunks(step, state, steps=steps or s.num_timesteps,
                     steps_per_update=ppo.env_steps_per_update(s), chunks=chunks,
-                    progress=progress, evaluate=evaluate)
+                    progress=progress, evaluate=evaluate, checkpoint=checkpoint)
 
 
 def optimizer_updates(task: str, steps: int | None = None,

@@ -29,15 +29,26 @@ def test_evaluate_writes_table_csv_and_plot(tmp_path, capsys):
   meta = optim4rl.init_meta_params(jax.random.key(0), "optim4rl")
   optim4rl.save_meta_params(tmp_path / "meta.npz", meta, "optim4rl")
   out = tmp_path / "eval"
-  code = main(["evaluate", "--world", "small_dense_short", "--seeds", "2", "--steps", "25600",
-               "--envs", "64", "--optimizers", "adam@3e-3", f"optim4rl:{tmp_path / 'meta.npz'}",
-               "--out", str(out)])
-  assert code == 0
+  command = ["evaluate", "--world", "small_dense_short", "--seeds", "2", "--steps", "25600",
+             "--envs", "64", "--optimizers", "adam@3e-3", f"optim4rl:{tmp_path / 'meta.npz'}",
+             "--out", str(out)]
+  assert main(command) == 0
   text = capsys.readouterr().out
   assert "adam@3e-3" in text and "+-" in text and "returns.png" in text
   assert (out / "returns.png").stat().st_size > 1000
   rows = (out / "curves.csv").read_text().splitlines()
   assert rows[0] == "optimizer,seed,env_steps,return" and len(rows) > 4
+  # The same command again reuses the finished runs; other meta-parameters are another run.
+  assert main(command) == 0
+  again = capsys.readouterr().out
+  assert again.count("resumed after chunk") == 2
+  table = lambda t: [line for line in t.splitlines() if "+-" in line]
+  assert table(again) == table(text)
+  assert (out / "curves.csv").read_text().splitlines() == rows
+  optim4rl.save_meta_params(tmp_path / "meta.npz",
+                            optim4rl.init_meta_params(jax.random.key(1), "optim4rl"), "optim4rl")
+  assert main(command) == 2
+  assert "holds another run" in capsys.readouterr().err
 
 
 def test_evaluate_schedules_and_picks_each_optimizers_best(tmp_path, capsys):

@@ -63,6 +63,27 @@ def test_learned_optimizer_trains_ppo_and_records_gradients():
   assert train_ppo.optimizer_updates("inverted_pendulum", 2 * 64 * 4 * 5, s, chunks=2) == 2 * steps
 
 
+def test_killed_ppo_run_resumes_to_the_same_curve(tmp_path):
+  from optim4rl.run_checkpoint import RunCheckpoint
+  s = train_ppo.small("inverted_pendulum")
+  from optim4rl.agents import ppo
+  steps = 3 * ppo.env_steps_per_update(s)
+  run = lambda **kw: train_ppo.train("inverted_pendulum", optax.adam(3e-4), steps=steps,
+                                     settings=s, chunks=3, seeds=(0, 1), **kw)
+  whole = run()
+
+  def kill(chunk, env_steps, mean_return):
+    raise KeyboardInterrupt
+
+  with pytest.raises(KeyboardInterrupt):  # Brax's states and PPO's statistics saved by orbax
+    run(checkpoint=RunCheckpoint(tmp_path, {}, every_seconds=0), progress=kill)
+  ckpt = RunCheckpoint(tmp_path, {})
+  resumed = run(checkpoint=ckpt)
+  assert ckpt.resumed_after == 1
+  np.testing.assert_array_equal(resumed.returns, whole.returns)
+  np.testing.assert_array_equal(resumed.losses, whole.losses)
+
+
 def test_meta_ppo_gradient_is_finite_and_nonzero():
   cfg = meta_ppo.PPOMetaConfig(task="inverted_pendulum", units=2, reset_interval=2, batch_size=2,
                                value_hidden=(8,))
