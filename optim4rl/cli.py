@@ -199,7 +199,8 @@ def cmd_evaluate(args):
                         progress=lambda label: _train_progress(steps, f"{label} x{args.seeds} seeds"))
   for spec, ckpt in checkpoints.items():
     if ckpt.resumed_after:
-      print(f"{spec}: resumed after chunk {ckpt.resumed_after} from {ckpt.directory}")
+      print(f"{spec}: resumed after chunk {ckpt.resumed_after} of {ckpt.chunks} "
+            f"from {ckpt.directory}")
   ev.write_csv(results, out / "curves.csv")
   agent = "PPO" if args.task else "A2C"
   ev.plot(results, out / "returns.png", f"{agent} on {name}, {args.seeds} seeds")

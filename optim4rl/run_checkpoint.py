@@ -34,6 +34,7 @@ class RunCheckpoint:
     self._manager = None
     self._last_save = time.monotonic()
     self.resumed_after = 0  # chunks the newest save had done when the run was restored
+    self.chunks = 0  # chunks of the whole run, once restored
 
   def _state_manager(self):
     if self._manager is None:
@@ -48,6 +49,7 @@ class RunCheckpoint:
     path = self.directory / "history.npz"
     history = np.load(path) if path.exists() else None
     done = int(history["done"]) if history is not None else 0
+    self.chunks = chunks
     manager = self._state_manager()
     for step in manager.all_steps():  # saved after the history was last written: run again
       if step > done:
