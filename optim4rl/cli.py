@@ -120,6 +120,8 @@ def _meta_config(args):
     if args.outer_loss != "actor":
       raise ValueError("--outer-loss chooses the A2C outer loss; PPO meta-training's outer loss "
                        "is the PPO loss (Appendix C)")
+    if args.agent_schedule != "constant":
+      raise ValueError("--agent-schedule applies to A2C meta-training on gridworlds")
     from optim4rl.meta_ppo import PPOMetaConfig
     if args.lrs and len(args.lrs) != 1:
       raise ValueError("PPO meta-training takes one agent learning rate")
@@ -128,7 +130,8 @@ def _meta_config(args):
   from optim4rl.meta import MetaConfig
   lrs = tuple(args.lrs) if args.lrs else tuple(default_learning_rate(w) for w in args.worlds)
   return MetaConfig(worlds=tuple(args.worlds), agent_lrs=lrs, reward_scale=args.reward_scale,
-                    outer_loss=args.outer_loss, validate_every=args.validate_every,
+                    outer_loss=args.outer_loss, agent_schedule=args.agent_schedule,
+                    validate_every=args.validate_every,
                     validate_seeds=args.validate_seeds,
                     validate_steps=int(args.validate_steps), **common)
 
@@ -287,6 +290,9 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--outer-loss", default="actor",
                  help="A2C outer loss: actor (the actor loss, Appendix C) or total (the whole "
                       "A2C loss)")
+  p.add_argument("--agent-schedule", default="constant",
+                 help="A2C agents' steps: constant, or linear (decayed to 0 over each unit's "
+                      "life of reset-interval x inner-updates updates, and over validation runs)")
   p.add_argument("--iterations", type=_positive_int, default=600)
   p.add_argument("--meta-lr", type=float, default=1e-3)
   p.add_argument("--meta-grad-clip", type=float, default=1.0)

@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from optim4rl.agents import a2c
 from optim4rl.envs import gridworld as gw
 from optim4rl.rules import get_rule
-from optim4rl.evaluate import last_tenth
+from optim4rl.evaluate import SCHEDULES, last_tenth
 from optim4rl.train import AgentState, episode_means, init_agent, update
 from optim4rl.transform import init_state, learned_optimizer
 
@@ -39,6 +39,7 @@ class MetaConfig:
   reset_interval: int = 256      # m, in iterations
   inner_updates: int = 4         # M
   outer_loss: str = "actor"      # A2C term of the outer loss: "actor" (Appendix C) or "total"
+  agent_schedule: str = "constant"  # "linear": agents' steps decay to 0 over their lives
   iterations: int = 1000
   meta_lr: float = 1e-3
   meta_grad_clip: float = 1.0    # clip of the meta-gradient's global norm (<= 0: none)
@@ -64,6 +65,9 @@ class MetaConfig:
     if self.outer_loss not in OUTER_LOSSES:
       raise ValueError(f"unknown outer loss {self.outer_loss!r}; "
                        f"expected one of {OUTER_LOSSES}")
+    if self.agent_schedule not in SCHEDULES:
+      raise ValueError(f"unknown agent schedule {self.agent_schedule!r}; "
+                       f"expected one of {SCHEDULES}")
     if not 0.0 <= self.average_decay < 1.0:
       raise ValueError(f"average_decay must be in [0, 1), got {self.average_decay}")
     if self.validate_every < 0:
@@ -81,6 +85,12 @@ class MetaConfig:
 
   def agent_lr(self, i: int) -> float:
     return self.agent_lrs[i if len(self.agent_lrs) > 1 else 0]
+
+  def agent_learning_rate(self, lr: float, updates: int) -> optax.ScalarOrSchedule:
+    """`lr` over an agent's life of `updates` updates: constant, or with agent_schedule
+    "linear" falling to 0 at its end (as `evaluate`'s linear schedule does), following the
+    learned optimizer's own update count, which a reset sets back to 0."""
+    return lr if self.agent_schedule == "constant" else optax.linear_schedule(lr, 0.0, updates)
 
 
 # A training unit is an agent (parameters, learned-optimizer state, worlds, key).
@@ -106,8 +116,9 @@ def unit_meta_loss(meta, unit: Unit, world: gw.World, cfg: MetaConfig, lr: float
   Returns (outer loss, (unit after the updates, (return sum, episodes))) and is
   differentiable w.r.t. `meta` through all M updates.
   """
-  tx = learned_optimizer(meta, rule=cfg.rule, learning_rate=lr, clip=cfg.clip,
-                         backend=cfg.backend)
+  life = cfg.reset_interval * cfg.inner_updates  # updates between a unit's resets
+  tx = learned_optimizer(meta, rule=cfg.rule, learning_rate=cfg.agent_learning_rate(lr, life),
+                         clip=cfg.clip, backend=cfg.backend)
 
   def inner(u: Unit, _):
     u, (ret, eps, _) = update(world, tx, agent_cfg, u)
@@ -152,8 +163,9 @@ def validation_returns(cfg: MetaConfig, envs: int = 512,
 
   @jax.jit
   def per_update(meta):  # (return sums, episodes), each (seeds, updates)
-    tx = learned_optimizer(meta, rule=cfg.rule, learning_rate=cfg.agent_lr(0), clip=cfg.clip,
-                           backend=cfg.backend)
+    tx = learned_optimizer(meta, rule=cfg.rule,
+                           learning_rate=cfg.agent_learning_rate(cfg.agent_lr(0), updates),
+                           clip=cfg.clip, backend=cfg.backend)
 
     def agent(key):
       state = init_agent(world, tx, key, envs)

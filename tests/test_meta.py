@@ -69,6 +69,22 @@ def test_outer_loss_is_the_configured_a2c_term(monkeypatch):
     dataclasses.replace(TINY, outer_loss="critic")
 
 
+def test_agent_schedule_decays_steps_over_a_units_life():
+  world = TINY.world(0)
+  meta = optim4rl.init_meta_params(jax.random.key(0), TINY.rule)
+  unit = M.init_unit(world, TINY.rule, TINY.envs_per_unit, jax.random.PRNGKey(5))
+  life = TINY.reset_interval * TINY.inner_updates
+  spent = unit._replace(opt_state=unit.opt_state._replace(count=jnp.int32(life)))
+  moved = lambda cfg, u: max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
+      jax.tree.leaves(M.unit_meta_loss(meta, u, world, cfg, 1e-2)[1][0].params),
+      jax.tree.leaves(u.params)))
+  linear = dataclasses.replace(TINY, agent_schedule="linear")
+  assert moved(linear, spent) == 0.0  # at the end of its life a unit's steps are 0
+  assert moved(linear, unit) > 0.0 and moved(TINY, spent) > 0.0
+  with pytest.raises(ValueError, match="unknown agent schedule"):
+    dataclasses.replace(TINY, agent_schedule="cosine")
+
+
 def test_meta_gradient_same_on_every_backend():
   cfg, world = TINY, TINY.world(0)
   meta = optim4rl.init_meta_params(jax.random.key(1), cfg.rule)
@@ -123,13 +139,15 @@ VALIDATED = dataclasses.replace(TINY, validate_every=2, validate_seeds=2,
                                 validate_steps=512 * 20 * 12)  # 12 updates of 512 worlds
 
 
-def test_validation_scores_as_evaluation_does():
-  from optim4rl.evaluate import final_returns
-  from optim4rl.train import train
-  cfg = VALIDATED
+@pytest.mark.parametrize("schedule", ["constant", "linear"])
+def test_validation_scores_as_evaluation_does(schedule):
+  from optim4rl.evaluate import final_returns, scheduled
+  from optim4rl.train import optimizer_updates, train
+  cfg = dataclasses.replace(VALIDATED, agent_schedule=schedule)
   meta = optim4rl.init_meta_params(jax.random.key(2), cfg.rule)
   tx = optim4rl.learned_optimizer(meta, rule=cfg.rule, learning_rate=cfg.agent_lr(0),
                                   clip=cfg.clip)
+  tx = scheduled(tx, schedule, optimizer_updates(cfg.validate_steps, chunks=12))
   curve = train(cfg.world(0), tx, steps=cfg.validate_steps, seeds=range(M.VALIDATION_SEED,
                 M.VALIDATION_SEED + cfg.validate_seeds), chunks=12)
   expected = final_returns(curve)
