@@ -42,6 +42,12 @@ def _task_name(text: str) -> str:
   return text
 
 
+def _eval_envs(args) -> int:
+  """Brax evaluation envs per chunk: --eval-envs, else Brax's 128 (16 at CPU size)."""
+  eval_envs = getattr(args, "eval_envs", 0)
+  return (16 if args.small else 128) if eval_envs is None else eval_envs
+
+
 def _trainer(args, steps: int, chunks: int | None = None):
   """(environment name, run(tx, seeds=, progress=, ...) -> Curve, optimizer updates per run)
   for --world or --task, in `chunks` scans (default: the trainer's)."""
@@ -49,9 +55,7 @@ def _trainer(args, steps: int, chunks: int | None = None):
   if args.task:
     from optim4rl import train_ppo
     settings = train_ppo.small(args.task) if args.small else None
-    eval_envs = getattr(args, "eval_envs", 0)
-    if eval_envs is None:  # Brax's 128, or 16 at CPU size
-      eval_envs = 16 if args.small else 128
+    eval_envs = _eval_envs(args)
     chunks = chunks or train_ppo.CHUNKS
     run = lambda tx, **kw: train_ppo.train(args.task, tx, steps=steps, settings=settings,
                                            eval_envs=eval_envs, chunks=chunks, **kw)
@@ -70,8 +74,7 @@ def _optimizer(spec: str, env_name: str, backend, task: bool, updates: int,
   "adam@5e-2:linear") over a run of `updates` optimizer updates; `lr` overrides LR, and
   without either the environment's default learning rate applies."""
   from optim4rl import evaluate as ev
-  name, _, setting = spec.rpartition("@") if "@" in spec else (spec, "", "")
-  spec_lr, _, schedule = setting.partition(":")
+  name, spec_lr, schedule = ev.split_spec(spec)
   if lr is None:
     try:
       lr = float(spec_lr) if spec_lr else ev.default_learning_rate(env_name)
@@ -84,8 +87,8 @@ def _optimizer(spec: str, env_name: str, backend, task: bool, updates: int,
 
 def _meta_file_hash(spec: str) -> str | None:
   """SHA-256 of the meta-parameter file a learned optimizer's spec names (None: classical)."""
-  path = spec.rpartition("@")[0] if "@" in spec else spec
-  _, _, path = path.partition(":")
+  from optim4rl.evaluate import split_spec
+  _, _, path = split_spec(spec)[0].partition(":")
   return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
 
 
@@ -191,7 +194,7 @@ def cmd_evaluate(args):
   def checkpoint(spec):  # one resumable run per optimizer, named by everything it depends on
     identity = dict(environment=name, steps=steps, seeds=args.seeds, optimizer=spec,
                     backend=args.backend, meta_sha256=_meta_file_hash(spec))
-    identity.update(dict(small=args.small, eval_envs=args.eval_envs) if args.task
+    identity.update(dict(small=args.small, eval_envs=_eval_envs(args)) if args.task
                     else dict(envs=args.envs))
     slug = re.sub(r"[^A-Za-z0-9.@-]+", "_", spec)[-60:]
     digest = hashlib.sha1(spec.encode()).hexdigest()[:8]

@@ -39,6 +39,14 @@ def default_learning_rate(world_name: str) -> float:
   return 3e-3 if gw.make(world_name).is_big else 1e-2
 
 
+def split_spec(spec: str) -> tuple[str, str, str]:
+  """The (optimizer, learning rate, schedule) texts of a spec NAME[:PATH][@LR[:SCHEDULE]], as
+  the CLI takes them ("" where absent): "adam@5e-2:linear" -> ("adam", "5e-2", "linear")."""
+  optimizer, _, setting = spec.rpartition("@") if "@" in spec else (spec, "", "")
+  lr, _, schedule = setting.partition(":")
+  return optimizer, lr, schedule
+
+
 def make_optimizer(spec: str, learning_rate: float, *, clip: float | None = 1.0,
                    backend: str | None = None, schedule: str = "constant",
                    updates: int | None = None) -> optax.GradientTransformation:
@@ -144,7 +152,7 @@ def best_per_optimizer(results: list[Result]) -> list[Result]:
   writes them, e.g. adam@3e-2 and adam@5e-2:linear) count as settings of one optimizer NAME."""
   best = {}
   for r in results:
-    name = r.label.rpartition("@")[0] or r.label
+    name = split_spec(r.label)[0]
     if name not in best or r.mean > best[name].mean:
       best[name] = r
   return sorted(best.values(), key=lambda r: -r.mean if np.isfinite(r.mean) else np.inf)
