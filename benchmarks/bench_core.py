@@ -13,7 +13,7 @@ import argparse
 import json
 import os
 
-from optim4rl.profile import M_STEPS, in_fresh_process, machine_info, measure, peak_rss_gb
+from optim4rl.evaluation.throughput import M_STEPS, in_fresh_process, machine_info, measure, peak_rss_gb
 
 
 def run_one(kind: str, backend: str, size: int) -> dict:

@@ -3,7 +3,7 @@
 For each P and backend (reference, triton, cuda; optax.adam for scale): forward params/s (one
 optimizer update, hidden state included) and the meta path (grad w.r.t. the meta-parameters
 through 4 scanned updates of a quadratic inner loss, param-steps/s), both as measured by
-optim4rl.profile.measure. Each configuration runs in a fresh process, so the device's
+optim4rl.evaluation.throughput.measure. Each configuration runs in a fresh process, so the device's
 peak_bytes_in_use is that configuration's alone.
 
 Bandwidth counts the bytes a forward step must move at least, divided by its time:
@@ -43,7 +43,7 @@ def bytes_per_param(backend: str, rule: str) -> int:
 def run_one(kind: str, backend: str, size: int, rule: str) -> dict:
   """One measurement in this process (a fresh subprocess per configuration)."""
   import jax
-  from optim4rl.profile import measure
+  from optim4rl.evaluation.throughput import measure
   row = measure(kind, backend, size, rule)
   stats = jax.devices()[0].memory_stats() or {}
   row["peak_gb"] = stats.get("peak_bytes_in_use", float("nan")) / 1e9

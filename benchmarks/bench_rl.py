@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-from optim4rl.profile import in_fresh_process, machine_info, peak_rss_gb
+from optim4rl.evaluation.throughput import in_fresh_process, machine_info, peak_rss_gb
 
 
 def a2c_rate(world_name: str, optimizer: str, envs: int, updates: int, backend: str | None) -> dict:
@@ -27,8 +27,8 @@ def a2c_rate(world_name: str, optimizer: str, envs: int, updates: int, backend: 
   import optax
   from optim4rl.envs import gridworld as gw
   from optim4rl.rules import init_meta_params
-  from optim4rl.train import train
-  from optim4rl.transform import optim4rl
+  from optim4rl.training.a2c import train
+  from optim4rl.transforms import optim4rl
   world = gw.make(world_name)
   tx = (optax.adam(3e-3) if optimizer == "adam"
         else optim4rl(init_meta_params(jax.random.key(0), "optim4rl"), 3e-3, backend=backend))
@@ -41,8 +41,8 @@ def a2c_rate(world_name: str, optimizer: str, envs: int, updates: int, backend: 
 
 
 def meta_rate(world_name: str, units: int, iterations: int, backend: str | None) -> dict:
-  from optim4rl.meta import MetaConfig
-  from optim4rl.meta_train import meta_train
+  from optim4rl.meta.a2c import MetaConfig
+  from optim4rl.meta.loop import meta_train
   cfg = MetaConfig(worlds=(world_name,), agent_lrs=(3e-3,), units=units, envs_per_unit=1,
                    reset_interval=units, iterations=iterations, backend=backend)
   with tempfile.TemporaryDirectory() as run_dir:

@@ -78,7 +78,7 @@ def main():
                      "gflops": gflops, "fraction_of_peak": gflops / peak["peak_gflops"]})
         print(f"  forward {r['backend']:9s} P={r['P']:>9,d}  {gflops:6.1f} GFLOP/s "
               f"({100 * rows[-1]['fraction_of_peak']:.0f}% of peak)")
-  from optim4rl.profile import machine_info
+  from optim4rl.evaluation.throughput import machine_info
   with open(args.out, "w") as f:
     json.dump({"benchmark": "cpu_peak", "flops_per_element": FLOPS_PER_ELEMENT,
                "machine": machine_info(), **peak, "forward": rows}, f, indent=1)

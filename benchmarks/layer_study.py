@@ -23,9 +23,10 @@ import optax
 
 from optim4rl.agents import a2c
 from optim4rl.envs import gridworld as gw
-from optim4rl.evaluate import evaluate, make_optimizer
-from optim4rl.profile import machine_info
-from optim4rl.train import init_agent, optimizer_updates, train, update
+from optim4rl.evaluation.compare import evaluate
+from optim4rl.evaluation.specs import make_optimizer
+from optim4rl.evaluation.throughput import machine_info
+from optim4rl.training.a2c import init_agent, optimizer_updates, train, update
 
 # ActorCritic's Dense layers on a small world: the torso, then the policy and value heads.
 GROUPS = {"Dense_0": "torso", "Dense_1": "policy", "Dense_2": "value"}

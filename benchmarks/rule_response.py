@@ -14,8 +14,8 @@ import json
 import jax.numpy as jnp
 import numpy as np
 
-from optim4rl.evaluate import make_optimizer
-from optim4rl.profile import machine_info
+from optim4rl.evaluation.specs import make_optimizer
+from optim4rl.evaluation.throughput import machine_info
 
 SNRS = (0.0, 0.1, 0.3, 1.0)
 

@@ -1,7 +1,7 @@
 """Triton kernels of the fused learned-optimizer step (installed as `optim4rl.kernels`).
 
 Importing needs `triton`; running needs a GPU, or TRITON_INTERPRET=1 with torch tensors
-(see tests/test_triton_interpret.py). JAX reaches them through `optim4rl.triton_backend`.
+(see tests/backends/test_triton_interpret.py). JAX reaches them through `optim4rl.backends.triton_launch`.
 """
 from .step import (DEFAULT_CONFIG, Config, backward, backward_kernel, cdiv, forward,
                    forward_kernel, reduce_kernel)

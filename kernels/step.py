@@ -32,7 +32,7 @@ import numpy as np
 import triton
 import triton.language as tl
 
-# Sizes and constants shared with optim4rl.rules and optim4rl.reference.
+# Sizes and constants shared with optim4rl.rules.constants and optim4rl.rules.reference.
 H = tl.constexpr(8)        # GRU hidden size
 G = tl.constexpr(24)       # GRU gates: reset, update, candidate
 D1 = tl.constexpr(16)      # MLP hidden sizes

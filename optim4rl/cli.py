@@ -51,9 +51,9 @@ def _eval_envs(args) -> int:
 def _trainer(args, steps: int, chunks: int | None = None):
   """(environment name, run(tx, seeds=, progress=, ...) -> Curve, optimizer updates per run)
   for --world or --task, in `chunks` scans (default: the trainer's)."""
-  from optim4rl import train
+  from optim4rl.training import a2c as train
   if args.task:
-    from optim4rl import train_ppo
+    from optim4rl.training import ppo as train_ppo
     settings = train_ppo.small(args.task) if args.small else None
     eval_envs = _eval_envs(args)
     chunks = chunks or train_ppo.CHUNKS
@@ -73,7 +73,7 @@ def _optimizer(spec: str, env_name: str, backend, task: bool, updates: int,
   """The optax optimizer of a spec with an optional "@LR[:SCHEDULE]" ("adam@3e-3",
   "adam@5e-2:linear") over a run of `updates` optimizer updates; `lr` overrides LR, and
   without either the environment's default learning rate applies."""
-  from optim4rl import evaluate as ev
+  from optim4rl.evaluation import specs as ev
   name, spec_lr, schedule = ev.split_spec(spec)
   if lr is None:
     try:
@@ -87,7 +87,7 @@ def _optimizer(spec: str, env_name: str, backend, task: bool, updates: int,
 
 def _meta_file_hash(spec: str) -> str | None:
   """SHA-256 of the meta-parameter file a learned optimizer's spec names (None: classical)."""
-  from optim4rl.evaluate import split_spec
+  from optim4rl.evaluation.specs import split_spec
   _, _, path = split_spec(spec)[0].partition(":")
   return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
 
@@ -109,7 +109,7 @@ def _train_progress(total_steps: int, desc: str):
 
 
 def _meta_config(args):
-  from optim4rl.evaluate import default_learning_rate
+  from optim4rl.evaluation.specs import default_learning_rate
   common = dict(rule=args.rule, units=args.units, envs_per_unit=args.envs_per_unit,
                 reset_interval=args.reset_interval, inner_updates=args.inner_updates,
                 iterations=args.iterations, meta_lr=args.meta_lr,
@@ -125,12 +125,12 @@ def _meta_config(args):
                        "is the PPO loss (Appendix C)")
     if args.agent_schedule != "constant":
       raise ValueError("--agent-schedule applies to A2C meta-training on gridworlds")
-    from optim4rl.meta_ppo import PPOMetaConfig
+    from optim4rl.meta.ppo import PPOMetaConfig
     if args.lrs and len(args.lrs) != 1:
       raise ValueError("PPO meta-training takes one agent learning rate")
     lr = args.lrs[0] if args.lrs else default_learning_rate(args.task)
     return PPOMetaConfig(task=args.task, agent_lr=lr, batch_size=args.batch_size, **common)
-  from optim4rl.meta import MetaConfig
+  from optim4rl.meta.a2c import MetaConfig
   lrs = tuple(args.lrs) if args.lrs else tuple(default_learning_rate(w) for w in args.worlds)
   return MetaConfig(worlds=tuple(args.worlds), agent_lrs=lrs, reward_scale=args.reward_scale,
                     outer_loss=args.outer_loss, agent_schedule=args.agent_schedule,
@@ -140,12 +140,12 @@ def _meta_config(args):
 
 
 def cmd_meta_train(args):
-  from optim4rl.meta_train import meta_train
+  from optim4rl.meta.loop import meta_train
   cfg = _meta_config(args)
   mesh = None
   if args.devices > 1:
     import jax
-    from optim4rl.meta import units_mesh
+    from optim4rl.meta.pipeline import units_mesh
     if args.devices > len(jax.devices()):
       raise ValueError(f"--devices {args.devices}: only {len(jax.devices())} devices are visible")
     mesh = units_mesh(jax.devices()[:args.devices])
@@ -180,8 +180,8 @@ def cmd_train(args):
 
 
 def cmd_evaluate(args):
-  from optim4rl import evaluate as ev
-  from optim4rl.run_checkpoint import RunCheckpoint
+  from optim4rl.evaluation import compare, metrics, report
+  from optim4rl.training.checkpoint import RunCheckpoint
   steps = int(args.steps)
   name, run, updates = _trainer(args, steps)
   # All built before any training, so a bad spec fails at once.
@@ -201,26 +201,26 @@ def cmd_evaluate(args):
     checkpoints[spec] = RunCheckpoint(out / "checkpoints" / f"{slug}-{digest}", identity)
     return checkpoints[spec]
 
-  results = ev.evaluate(run, optimizers, seeds=args.seeds, checkpoint=checkpoint,
+  results = compare.evaluate(run, optimizers, seeds=args.seeds, checkpoint=checkpoint,
                         progress=lambda label: _train_progress(steps, f"{label} x{args.seeds} seeds"))
   for spec, ckpt in checkpoints.items():
     if ckpt.resumed_after:
       print(f"{spec}: resumed after chunk {ckpt.resumed_after} of {ckpt.chunks} "
             f"from {ckpt.directory}")
-  ev.write_csv(results, out / "curves.csv")
+  report.write_csv(results, out / "curves.csv")
   agent = "PPO" if args.task else "A2C"
-  ev.plot(results, out / "returns.png", f"{agent} on {name}, {args.seeds} seeds")
+  report.plot(results, out / "returns.png", f"{agent} on {name}, {args.seeds} seeds")
   print(f"\n{name}, {steps:,} steps per agent")
-  print(ev.table(results))
-  if len(ev.best_per_optimizer(results)) < len(results):  # an optimizer in several settings
-    print("\n" + ev.best_table(results))
+  print(report.table(results))
+  if len(metrics.best_per_optimizer(results)) < len(results):  # an optimizer in several settings
+    print("\n" + report.best_table(results))
   print(f"plot: {out / 'returns.png'}  curves: {out / 'curves.csv'}")
 
 
 def cmd_gradients(args):
   """Agent-gradient distributions per task and stage, and how much the worlds cover the tasks."""
   import numpy as np
-  from optim4rl import gradients as G
+  from optim4rl.evaluation import gradients as G
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   hists = {}
@@ -254,7 +254,7 @@ def cmd_gradients(args):
 
 
 def cmd_bench(args):
-  from optim4rl.profile import throughput_table
+  from optim4rl.evaluation.throughput import throughput_table
   print(throughput_table([int(float(p)) for p in args.sizes], args.backends, args.rule))
 
 

@@ -1,0 +1,119 @@
+"""Throughput of the fused optimizer step: forward and meta path, per backend.
+
+`measure` is shared by the CLI's `bench` command and the scripts in benchmarks/ (which add
+fresh processes for peak memory, JSON and the ratios). The meta path is the gradient w.r.t.
+the meta-parameters through M = 4 scanned updates of a quadratic inner loss.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+
+M_STEPS = 4
+
+
+def time_call(fn, *args, min_time: float = 1.0, max_reps: int = 50) -> float:
+  """Seconds per call after a warm-up call (compilation excluded)."""
+  jax.block_until_ready(fn(*args))
+  reps, start = 0, time.perf_counter()
+  while True:
+    jax.block_until_ready(fn(*args))
+    reps += 1
+    elapsed = time.perf_counter() - start
+    if elapsed >= min_time or reps >= max_reps:
+      return elapsed / reps
+
+
+def measure(kind: str, backend: str, size: int, rule: str = "optim4rl") -> dict:
+  """{"seconds", "rate"}: kind "forward" (params/s) or "meta" (param-steps/s);
+  backend a fused-step backend or "optax.adam" (forward only)."""
+  from optim4rl.rules import init_meta_params
+  from optim4rl.transforms import learned_optimizer
+  key = jax.random.key(0)
+  g = (jax.random.normal(key, (size,)) * 1e-3).astype(jnp.float32)
+  if backend == "optax.adam":
+    if kind != "forward":
+      raise ValueError("optax.adam has no meta path")
+    tx = optax.adam(1e-3)
+    seconds = time_call(jax.jit(tx.update), g, tx.init(g))
+    return {"seconds": seconds, "rate": size / seconds}
+  meta = init_meta_params(key, rule)
+  if kind == "forward":
+    tx = learned_optimizer(meta, rule=rule, learning_rate=1e-3, backend=backend)
+    seconds = time_call(jax.jit(tx.update), g, tx.init(g))
+    return {"seconds": seconds, "rate": size / seconds}
+  if kind != "meta":
+    raise ValueError(f"unknown measurement {kind!r}; expected 'forward' or 'meta'")
+  target = jnp.linspace(-1.0, 1.0, size, dtype=jnp.float32)
+
+  def inner(p):
+    return 0.5 * jnp.sum(jnp.square(p - target))
+
+  def meta_loss(meta):
+    tx = learned_optimizer(meta, rule=rule, learning_rate=1e-2, backend=backend)
+
+    def body(carry, _):
+      p, s = carry
+      u, s = tx.update(jax.grad(inner)(p), s)
+      return (p + u, s), None
+    p0 = jnp.zeros_like(target)
+    (p, _), _ = jax.lax.scan(body, (p0, tx.init(p0)), None, length=M_STEPS)
+    return inner(p)
+
+  seconds = time_call(jax.jit(jax.grad(meta_loss)), meta, min_time=2.0, max_reps=5)
+  return {"seconds": seconds, "rate": M_STEPS * size / seconds}
+
+
+def peak_rss_gb() -> float:
+  """Peak resident memory of this process so far, in GiB (Linux reports KiB)."""
+  import resource
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def in_fresh_process(script: str, *args: str) -> dict:
+  """Run `python script --one ARGS...` (a benchmark measuring one thing and printing a JSON
+  line last), so its peak memory is its own; a failure (e.g. killed for memory) comes back as
+  {"error": ...} instead of stopping the benchmark."""
+  import json
+  import subprocess
+  import sys
+  out = subprocess.run([sys.executable, script, "--one", *args], capture_output=True, text=True)
+  if out.returncode != 0:
+    return {"error": f"exit {out.returncode}: {out.stderr[-500:]}"}
+  return json.loads(out.stdout.splitlines()[-1])
+
+
+def machine_info() -> dict:
+  import jaxlib
+  cpu = "unknown"
+  if os.path.exists("/proc/cpuinfo"):
+    for line in open("/proc/cpuinfo"):
+      if line.startswith("model name"):
+        cpu = line.split(":", 1)[1].strip()
+        break
+  return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(),
+          "device": str(jax.devices()[0]), "platform": jax.default_backend(),
+          "python": platform.python_version(), "jax": jax.__version__,
+          "jaxlib": jaxlib.__version__, "optax": optax.__version__,
+          "omp_threads": os.environ.get("OMP_NUM_THREADS", "default")}
+
+
+def throughput_table(sizes, backends=None, rule: str = "optim4rl") -> str:
+  """A text table of forward and meta-path rates for each size and backend, plus Adam."""
+  from optim4rl.backends import available_backends
+  backends = list(backends or available_backends())
+  lines = [f"{machine_info()['device']}, rule {rule}; forward in params/s, meta in "
+           f"param-steps/s (grad through {M_STEPS} updates)",
+           f"{'P':>10}  {'backend':<11} {'forward':>12} {'meta':>12}"]
+  for size in sizes:
+    for backend in backends + ["optax.adam"]:
+      fwd = measure("forward", backend, size, rule)["rate"]
+      meta = ("-" if backend == "optax.adam"
+              else f"{measure('meta', backend, size, rule)['rate'] / 1e6:9.2f} M/s")
+      lines.append(f"{size:>10,d}  {backend:<11} {fwd / 1e6:9.2f} M/s {meta:>12}")
+  return "\n".join(lines)
