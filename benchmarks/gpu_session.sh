@@ -2,7 +2,7 @@
 # On the GPU machine (the device tool's `run`, carrying .whl from benchmarks/gpu_wheels.sh), in
 # the repository root: install the carried wheels, build optim4rl with its CUDA library for
 # sm_90a (H100/H200), then run one stage, writing logs and JSON to $OUT:
-#   tests  tests/test_gpu.py, both GPU backends against the reference (-m "not slow" unless
+#   tests  tests/backends/test_gpu.py, both GPU backends against the reference (-m "not slow" unless
 #          SLOW=1: the slow test holds more than 2^31 hidden-state elements)
 #   bench  benchmarks/bench_gpu.py at P = 1e6, 1e7, 1e8 (SIZES to change)
 #   ppo    Adam-PPO on Ant for STEPS environment steps (default 5e6), one seed
@@ -28,7 +28,7 @@ python3 -c "import optim4rl.backends as b; print('backends:', b.available_backen
 case "$STAGE" in
   tests)
     marks=(-m "not slow"); [ "${SLOW:-0}" = 1 ] && marks=()
-    python3 -m pytest -q tests/test_gpu.py "${marks[@]}" 2>&1 | tee "$OUT/test_gpu.log" ;;
+    python3 -m pytest -q tests/backends/test_gpu.py "${marks[@]}" 2>&1 | tee "$OUT/test_gpu.log" ;;
   bench)
     # shellcheck disable=SC2086
     python3 benchmarks/bench_gpu.py --sizes ${SIZES:-1e6 1e7 1e8} --out "$OUT/bench_gpu.json" \

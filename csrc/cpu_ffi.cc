@@ -17,6 +17,7 @@
 #include "cpu_simd.h"
 #include "ffi_common.h"
 #include "optim4rl_math.h"
+#include "py_info.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -36,8 +37,9 @@ inline vf load(const float* x, int64_t n) {
 }
 inline void store(float* x, vf v, int64_t n) { std::memcpy(x, &v, sizeof(float) * n); }
 
-// Denormals flushed to zero on every worker thread, as XLA does on CPU: gradients and
-// activations near 1e-38 would otherwise hit the slow microcode path.
+// Denormals flushed to zero on every worker thread, as XLA does on CPU: activations near
+// 1e-38 would otherwise hit the slow microcode path. Speed only: the denormal policy for the
+// gradient input is explicit in the shared math (flush_denormal), the same on every backend.
 class FlushDenormals {
  public:
   FlushDenormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | 0x8040); }  // FTZ | DAZ
@@ -217,7 +219,6 @@ PYBIND11_MODULE(_cpu, m) {
     d["optim4rl_cpu_backward"] = py::capsule(reinterpret_cast<void*>(Optim4rlCpuBackward));
     return d;
   });
-  m.def("meta_size", &o4r::meta_size_of, "flat meta-parameter count of a rule id");
-  m.def("hidden_rows", &o4r::hidden_rows_of, "hidden-state rows of a rule id");
+  o4r::add_info(m);
   m.def("num_threads", []() { return omp_get_max_threads(); });
 }

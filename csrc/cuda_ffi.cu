@@ -1,5 +1,5 @@
 // CUDA backend: XLA FFI handlers (platform CUDA) running the per-element math of
-// optim4rl_math.h with one thread per parameter.
+// optim4rl_math.h with one thread per parameter (scalar_math.h; its host build is tested).
 //
 // Forward: meta-parameters of the batch entry are staged in shared memory; hidden-state rows
 // are read and written coalesced (row r of element i is at r * P + i).
@@ -15,6 +15,8 @@
 
 #include "ffi_common.h"
 #include "optim4rl_math.h"
+#include "py_info.h"
+#include "scalar_math.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -22,16 +24,6 @@ namespace py = pybind11;
 
 namespace o4r::cuda {
 namespace {
-
-struct ScalarMath {
-  static __host__ __device__ __forceinline__ float splat(float x) { return x; }
-  static __host__ __device__ __forceinline__ float select(bool m, float a, float b) { return m ? a : b; }
-  static __host__ __device__ __forceinline__ float exp(float x) { return expf(x); }
-  static __host__ __device__ __forceinline__ float log(float x) { return logf(x); }
-  static __host__ __device__ __forceinline__ float tanh(float x) { return tanhf(x); }
-  static __host__ __device__ __forceinline__ float sqrt(float x) { return sqrtf(x); }
-  static __host__ __device__ __forceinline__ float rcp(float x) { return 1.0f / x; }
-};
 
 constexpr int kForwardThreads = 256;
 constexpr int kBackwardThreads = 128;  // 4 warps: (1 + 4) * K floats of shared memory
@@ -211,6 +203,5 @@ PYBIND11_MODULE(_cuda, m) {
     d["optim4rl_cuda_backward"] = py::capsule(reinterpret_cast<void*>(Optim4rlCudaBackward));
     return d;
   });
-  m.def("meta_size", &o4r::meta_size_of, "flat meta-parameter count of a rule id");
-  m.def("hidden_rows", &o4r::hidden_rows_of, "hidden-state rows of a rule id");
+  o4r::add_info(m);
 }

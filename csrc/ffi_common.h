@@ -1,39 +1,15 @@
-// Host-side glue shared by the CPU and CUDA FFI handlers: rule dispatch and validation of
-// buffer sizes. Leading dimensions of every operand are batch dimensions (vmap uses
-// broadcast_all), so a call is `batch` independent (meta, g, h) triples of `params` each.
+// Host-side glue shared by the CPU and CUDA FFI handlers: validation of buffer sizes (rule
+// dispatch is in optim4rl_math.h). Leading dimensions of every operand are batch dimensions
+// (vmap uses broadcast_all), so a call is `batch` independent (meta, g, h) triples of
+// `params` each.
 #pragma once
 #include <cstdint>
-#include <type_traits>
 #include <utility>
 
 #include "optim4rl_math.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace o4r {
-
-// Calls f(std::integral_constant<int, RULE>) for a runtime rule id; false if unknown.
-template <class F>
-bool dispatch_rule(int rule, F&& f) {
-  switch (rule) {
-    case kOptim4RL: f(std::integral_constant<int, kOptim4RL>{}); return true;
-    case kOptim4RLPublic: f(std::integral_constant<int, kOptim4RLPublic>{}); return true;
-    case kLinearOptim: f(std::integral_constant<int, kLinearOptim>{}); return true;
-    case kL2LGD2: f(std::integral_constant<int, kL2LGD2>{}); return true;
-  }
-  return false;
-}
-
-inline int meta_size_of(int rule) {
-  int size = -1;
-  dispatch_rule(rule, [&](auto tag) { size = meta_size<decltype(tag)::value>(); });
-  return size;
-}
-
-inline int hidden_rows_of(int rule) {
-  int rows = -1;
-  dispatch_rule(rule, [&](auto tag) { rows = hidden_rows<decltype(tag)::value>(); });
-  return rows;
-}
 
 struct CallShape {
   int64_t batch, params;
@@ -56,7 +32,7 @@ inline xla::ffi::Error validate_call(int rule, xla::ffi::AnyBuffer::Dimensions g
 }
 
 // Both calls take kArgs float32 buffers and return two, with attributes rule (int32) and
-// clip (float32), identically on every platform (optim4rl/fused.py makes them):
+// clip (float32), identically on every platform (optim4rl/backends/registry.py makes them):
 // forward (meta, g, h) -> (direction, h_new): kArgs = 3; backward (meta, g, h, d_direction,
 // d_h_new) -> (d_meta, d_h): kArgs = 5. `binding` carries the platform's context arguments.
 template <int kArgs, class Binding>

@@ -8,7 +8,12 @@
 // Meta-parameters are one flat float array; each GRU+MLP "net" occupies NetLayout<IN,OUT>
 // floats in the order of optim4rl.rules.NET_LEAVES. Hidden states are rows of a (rows, P)
 // array, 8 rows per net.
+//
+// The constants, rule ids, nets and layout below are copies of optim4rl/rules (constants.py,
+// table.py), the one source of truth: tests/rules/test_constants.py parses this file and asks
+// the compiled libraries (py_info.h) and fails on any mismatch.
 #pragma once
+#include <type_traits>
 
 #if defined(__CUDACC__)
 #define O4R_FN __host__ __device__ __forceinline__
@@ -33,6 +38,7 @@ constexpr float kPublicRootEps = 1e-8f;
 constexpr float kMSignBias = 1.0f;
 constexpr float kL2LP = 10.0f;
 constexpr float kExpL2LP = 22026.465794806718f;  // e^10
+constexpr float kFltMin = 1.1754943508222875e-38f;  // smallest normal float: denormal policy
 
 enum RuleId : int { kOptim4RL = 0, kOptim4RLPublic = 1, kLinearOptim = 2, kL2LGD2 = 3 };
 
@@ -197,6 +203,16 @@ O4R_UNROLL
   }
 }
 
+// The denormal policy of every backend (optim4rl.rules.reference.flush_denormal): a gradient
+// with |g| < FLT_MIN counts as a zero of its sign. Explicit, so that it holds whatever the
+// FPU's mode: the CPU backend runs with DAZ/FTZ, CUDA keeps denormals. g * 0 keeps the sign
+// (no -ffast-math anywhere); NaN and +-inf fail the comparison and pass unchanged.
+template <class T, class M>
+O4R_FN T flush_denormal(T g) {
+  T a = M::select(g < 0.0f, -g, g);
+  return M::select(a < kFltMin, g * 0.0f, g);
+}
+
 // Gradient features shared by the rules.
 template <class T, class M>
 struct Features {
@@ -207,16 +223,27 @@ struct Features {
       g = M::select(g > clip, M::splat(clip), g);
       g = M::select(g < -clip, M::splat(-clip), g);
     }
+    g = flush_denormal<T, M>(g);
     sign = M::select(g > 0.0f, M::splat(1.0f), M::select(g < 0.0f, M::splat(-1.0f), g));
     log_abs = M::log(M::select(g < 0.0f, -g, g) + kLogEps);
   }
 };
 
+// The nets of each rule: (in, out) sizes of optim4rl.rules.Rule.nets. One-net rules carry an
+// unused N2 so that Step's members have a type.
 template <int RULE> struct RuleNets;
-template <> struct RuleNets<kOptim4RL> { using N1 = NetLayout<2, 2>; using N2 = NetLayout<1, 1>; static constexpr int kNets = 2; };
-template <> struct RuleNets<kOptim4RLPublic> { using N1 = NetLayout<1, 1>; using N2 = NetLayout<1, 1>; static constexpr int kNets = 2; };
-template <> struct RuleNets<kLinearOptim> { using N1 = NetLayout<2, 3>; using N2 = NetLayout<1, 1>; static constexpr int kNets = 1; };
-template <> struct RuleNets<kL2LGD2> { using N1 = NetLayout<2, 1>; using N2 = NetLayout<1, 1>; static constexpr int kNets = 1; };
+template <> struct RuleNets<kOptim4RL> {
+  using N1 = NetLayout<2, 2>; using N2 = NetLayout<1, 1>; static constexpr int kNets = 2;
+};
+template <> struct RuleNets<kOptim4RLPublic> {
+  using N1 = NetLayout<1, 1>; using N2 = NetLayout<1, 1>; static constexpr int kNets = 2;
+};
+template <> struct RuleNets<kLinearOptim> {
+  using N1 = NetLayout<2, 3>; using N2 = NetLayout<1, 1>; static constexpr int kNets = 1;
+};
+template <> struct RuleNets<kL2LGD2> {
+  using N1 = NetLayout<2, 1>; using N2 = NetLayout<1, 1>; static constexpr int kNets = 1;
+};
 
 template <int RULE>
 O4R_CONST int hidden_rows() { return H * RuleNets<RULE>::kNets; }
@@ -224,6 +251,30 @@ O4R_CONST int hidden_rows() { return H * RuleNets<RULE>::kNets; }
 template <int RULE>
 O4R_CONST int meta_size() {
   return RuleNets<RULE>::N1::size + (RuleNets<RULE>::kNets == 2 ? RuleNets<RULE>::N2::size : 0);
+}
+
+// Calls f(std::integral_constant<int, RULE>) for a runtime rule id; false if unknown.
+template <class F>
+bool dispatch_rule(int rule, F&& f) {
+  switch (rule) {
+    case kOptim4RL: f(std::integral_constant<int, kOptim4RL>{}); return true;
+    case kOptim4RLPublic: f(std::integral_constant<int, kOptim4RLPublic>{}); return true;
+    case kLinearOptim: f(std::integral_constant<int, kLinearOptim>{}); return true;
+    case kL2LGD2: f(std::integral_constant<int, kL2LGD2>{}); return true;
+  }
+  return false;
+}
+
+inline int meta_size_of(int rule) {
+  int size = -1;
+  dispatch_rule(rule, [&](auto tag) { size = meta_size<decltype(tag)::value>(); });
+  return size;
+}
+
+inline int hidden_rows_of(int rule) {
+  int rows = -1;
+  dispatch_rule(rule, [&](auto tag) { rows = hidden_rows<decltype(tag)::value>(); });
+  return rows;
 }
 
 // The whole per-element computation of one rule. `forward` sets up the tapes and the

@@ -12,7 +12,13 @@ Why tiles and not one vector per hidden unit with scalar weight loads: that unro
 is ~10^4 MLIR ops per kernel, and Triton's coalescing pass is quadratic in it (compiling
 for sm_90 on a 2-core machine: 98 s for the smallest rule's backward, over 15 min for
 Optim4RL's); the tiles keep each kernel at a few hundred ops (seconds to compile). The
-math mirrors optim4rl/reference.py.
+math mirrors optim4rl/rules/reference.py.
+
+Net sizes come from the caller: the launch plan passes each rule's (in, out) sizes from
+optim4rl.rules.Rule.nets as constexprs (`rule_constexprs`), and the kernels check them
+against the inputs and outputs each rule's math has. The constants below are copies of
+optim4rl/rules/constants.py (this module does not import optim4rl, and so not JAX);
+tests/rules/test_constants.py checks them, the rule ids and `_leaf` against the rules.
 
 Backward recomputes the forward from the inputs (no tape in memory). The meta cotangent of
 a block is a handful of dots (a tape tile transposed times a cotangent tile: the sum over
@@ -32,7 +38,7 @@ import numpy as np
 import triton
 import triton.language as tl
 
-# Sizes and constants shared with optim4rl.rules.constants and optim4rl.rules.reference.
+# Sizes and constants: copies of optim4rl.rules.constants (checked by tests/rules).
 H = tl.constexpr(8)        # GRU hidden size
 G = tl.constexpr(24)       # GRU gates: reset, update, candidate
 D1 = tl.constexpr(16)      # MLP hidden sizes
@@ -44,20 +50,16 @@ PUBLIC_ROOT_EPS = tl.constexpr(1e-8)
 M_SIGN_BIAS = tl.constexpr(1.0)
 L2L_P = tl.constexpr(10.0)
 EXP_L2L_P = tl.constexpr(22026.465794806718)  # e^10, rounds to float32(jnp.exp(10.0))
-FLT_MIN = tl.constexpr(1.1754943508222875e-38)  # smallest normal float32
+FLT_MIN = tl.constexpr(1.1754943508222875e-38)  # smallest normal float32: denormal policy
+
+# Rule ids (optim4rl.rules.Rule.kernel_id): which per-element math a kernel runs.
+OPTIM4RL = tl.constexpr(0)
+OPTIM4RL_PUBLIC = tl.constexpr(1)
+LINEAR_OPTIM = tl.constexpr(2)
+L2LGD2 = tl.constexpr(3)
 
 
 # ----------------------------------------------------------------------------- layout
-
-@triton.constexpr_function
-def _net_shape(rule, i):
-  """(in 1, out 1, in 2, out 2)[i] of rule `rule` (Rule.kernel_id); in 2 = 0: one net."""
-  return ((2, 2, 1, 1),   # optim4rl
-          (1, 1, 1, 1),   # optim4rl_public
-          (2, 3, 0, 0),   # linear_optim
-          (2, 1, 0, 0),   # l2lgd2
-          )[rule][i]
-
 
 @triton.constexpr_function
 def _leaf(name, n_in, n_out):
@@ -272,42 +274,45 @@ def _store_grads(part, grads, IN: tl.constexpr, OUT: tl.constexpr):
 
 @triton.jit
 def _rule_inputs(g, clip, RULE: tl.constexpr):
-  """Clipped gradient, its sign, and the inputs of net 1 and net 2 (as reference.step)."""
-  # Denormal gradients count as (signed) zero, as XLA:CPU (denormals-are-zero) and the C++
-  # backend do: a 1e-45 gradient gives no update instead of a full-size step of sign +1.
-  g = tl.where(tl.abs(g) < FLT_MIN, g * 0.0, g)
+  """Clipped gradient, its sign, and the inputs of net 1 and net 2 (as reference.step);
+  no second net: x2 = ()."""
   clipped = tl.where(g > clip, clip, g)  # NaN stays NaN, as jnp.clip
   clipped = tl.where(clipped < -clip, -clip, clipped)
   g = tl.where(clip > 0.0, clipped, g)
+  # The denormal policy (reference.flush_denormal): |g| < FLT_MIN is a zero of g's sign,
+  # explicitly, whatever the GPU's or the interpreter's denormal mode.
+  g = tl.where(tl.abs(g) < FLT_MIN, g * 0.0, g)
   sign = tl.where(g > 0.0, 1.0, tl.where(g < 0.0, -1.0, g))  # jnp.sign: 0 -> 0, NaN -> NaN
   log_abs = tl.log(tl.abs(g) + LOG_EPS)
-  if RULE == 0:
+  tl.static_assert(RULE == OPTIM4RL or RULE == OPTIM4RL_PUBLIC or RULE == LINEAR_OPTIM
+                   or RULE == L2LGD2, "optim4rl.kernels: unknown rule id")
+  if RULE == OPTIM4RL:
     x1 = (sign, log_abs)
     x2 = (2.0 * log_abs,)
-  elif RULE == 1:
+  elif RULE == OPTIM4RL_PUBLIC:
     x1 = (g,)
     x2 = (g * g,)
-  elif RULE == 2:
+  elif RULE == LINEAR_OPTIM:
     x1 = (sign, log_abs)
-    x2 = x1  # unused: one net
+    x2 = ()
   else:  # L2L preprocessing: |g| >= e^-p -> (log|g| / p, sign g), else (-1, e^p g)
     scaled = log_abs / L2L_P
     big = scaled >= -1.0
     x1 = (tl.where(big, scaled, -1.0), tl.where(big, sign, EXP_L2L_P * g))
-    x2 = x1  # unused: one net
+    x2 = ()
   return g, sign, x1, x2
 
 
 @triton.jit
 def _direction(g, sign, o1, o2, RULE: tl.constexpr):
   """The update at learning rate 1 from the outputs o1 (net 1) and o2 (net 2), as vectors."""
-  if RULE == 0:
+  if RULE == OPTIM4RL:
     t = _tanh(o1[0] + M_SIGN_BIAS)
     m_sign = tl.where(t >= 0.0, 1.0, tl.where(t < 0.0, -1.0, t))  # hard sign, NaN stays NaN
     return -(sign * m_sign * tl.exp(o1[1])) / tl.sqrt(tl.exp(o2[0]) + ROOT_EPS)
-  elif RULE == 1:
+  elif RULE == OPTIM4RL_PUBLIC:
     return -sign * tl.exp(o1[0]) / tl.sqrt(tl.exp(o2[0]) + PUBLIC_ROOT_EPS)
-  elif RULE == 2:
+  elif RULE == LINEAR_OPTIM:
     return -(tl.exp(o1[0]) * g + tl.exp(o1[1]) * o1[2])
   else:
     return -tl.exp(o1[0]) * g
@@ -316,9 +321,9 @@ def _direction(g, sign, o1, o2, RULE: tl.constexpr):
 @triton.jit
 def _direction_backward(g, sign, o1, o2, d_dir, RULE: tl.constexpr):
   """Cotangents (d_o1, d_o2) of the net outputs from that of the direction."""
-  if RULE == 0 or RULE == 1:
+  if RULE == OPTIM4RL or RULE == OPTIM4RL_PUBLIC:
     # direction = -m q, q = (v + eps)^-1/2, v = exp(o2[0]): d o2 = d_dir m q^3 v / 2.
-    if RULE == 0:
+    if RULE == OPTIM4RL:
       t = _tanh(o1[0] + M_SIGN_BIAS)
       e = tl.exp(o1[1])
       m = sign * tl.where(t >= 0.0, 1.0, tl.where(t < 0.0, -1.0, t)) * e
@@ -330,19 +335,19 @@ def _direction_backward(g, sign, o1, o2, d_dir, RULE: tl.constexpr):
       q = 1.0 / tl.sqrt(v + PUBLIC_ROOT_EPS)
     d_m = -q * d_dir
     d2 = (0.5 * d_dir * m * q * q * q * v,)
-    if RULE == 0:
+    if RULE == OPTIM4RL:
       # m_sign is straight-through: its cotangent passes to tanh(o1[0] + b) unchanged.
       d1 = (d_m * sign * e * (1.0 - t * t), d_m * m)
     else:
       d1 = (d_m * m,)
-  elif RULE == 2:
+  elif RULE == LINEAR_OPTIM:
     a = tl.exp(o1[0])
     b = tl.exp(o1[1])
     d1 = (-d_dir * a * g, -d_dir * b * o1[2], -d_dir * b)
-    d2 = d1  # unused: one net
+    d2 = ()  # one net
   else:
     d1 = (-d_dir * tl.exp(o1[0]) * g,)
-    d2 = d1  # unused: one net
+    d2 = ()  # one net
   return d1, d2
 
 
@@ -357,18 +362,25 @@ def _outputs(out, OUT: tl.constexpr):
 # ----------------------------------------------------------------------------- kernels
 
 @triton.jit
-def forward_kernel(meta_ptr, g_ptr, h_ptr, P, clip, n_blocks, dir_ptr, h_new_ptr,
-                   RULE: tl.constexpr, ROWS: tl.constexpr, K: tl.constexpr,
-                   BLOCK: tl.constexpr):
-  """direction (B, P) and h_new (B, ROWS, P); grid = B * n_blocks, one block per program."""
-  IN1: tl.constexpr = _net_shape(RULE, 0)
-  OUT1: tl.constexpr = _net_shape(RULE, 1)
-  IN2: tl.constexpr = _net_shape(RULE, 2)
-  OUT2: tl.constexpr = _net_shape(RULE, 3)
-  S1: tl.constexpr = _leaf("end", IN1, OUT1)
-  tl.static_assert(ROWS == (2 * H if IN2 > 0 else H))
-  tl.static_assert(K == S1 + (_leaf("end", IN2, OUT2) if IN2 > 0 else 0))
+def _check_sizes(IN1: tl.constexpr, OUT1: tl.constexpr, IN2: tl.constexpr, OUT2: tl.constexpr,
+                 ROWS: tl.constexpr, K: tl.constexpr):
+  """The caller's sizes (from optim4rl.rules.Rule) against this module's layout."""
+  tl.static_assert(ROWS == (2 * H if IN2 > 0 else H), "optim4rl.kernels: ROWS != H * nets")
+  tl.static_assert(K == _leaf("end", IN1, OUT1) + (_leaf("end", IN2, OUT2) if IN2 > 0 else 0),
+                   "optim4rl.kernels: K is not the meta size of the nets (IN1, OUT1, IN2, OUT2)")
   tl.static_assert((D1 == W) and (D2 == W))
+  tl.static_assert((OUT1 <= W) and (OUT2 <= W) and (OUT1 > 0) and (IN1 > 0))
+
+
+@triton.jit
+def forward_kernel(meta_ptr, g_ptr, h_ptr, P, clip, n_blocks, dir_ptr, h_new_ptr,
+                   RULE: tl.constexpr, IN1: tl.constexpr, OUT1: tl.constexpr,
+                   IN2: tl.constexpr, OUT2: tl.constexpr, ROWS: tl.constexpr, K: tl.constexpr,
+                   BLOCK: tl.constexpr):
+  """direction (B, P) and h_new (B, ROWS, P); grid = B * n_blocks, one block per program.
+  Net sizes (in, out) of the rule's nets: IN2 = OUT2 = 0 when it has one net."""
+  _check_sizes(IN1, OUT1, IN2, OUT2, ROWS, K)
+  S1: tl.constexpr = _leaf("end", IN1, OUT1)
   pid = tl.program_id(0)
   b = (pid // n_blocks).to(tl.int64)
   offs = (pid % n_blocks).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -377,6 +389,7 @@ def forward_kernel(meta_ptr, g_ptr, h_ptr, P, clip, n_blocks, dir_ptr, h_new_ptr
   h_base = h_ptr + b * ROWS * P
   h_new_base = h_new_ptr + b * ROWS * P
   g, sign, x1, x2 = _rule_inputs(tl.load(g_ptr + b * P + offs, mask=mask, other=0.0), clip, RULE)
+  tl.static_assert(len(x1) == IN1 and len(x2) == IN2, "optim4rl.kernels: net inputs != IN1, IN2")
   t1 = _net_forward(p, x1, _load_hidden(h_base, P, offs, mask, 0), IN1, OUT1)
   _store_hidden(h_new_base, P, offs, mask, 0, t1[4])
   o1 = _outputs(t1[7], OUT1)
@@ -390,18 +403,13 @@ def forward_kernel(meta_ptr, g_ptr, h_ptr, P, clip, n_blocks, dir_ptr, h_new_ptr
 
 @triton.jit
 def backward_kernel(meta_ptr, g_ptr, h_ptr, d_dir_ptr, d_h_new_ptr, P, clip, n_blocks, programs,
-                    partials_ptr, d_h_ptr, RULE: tl.constexpr, ROWS: tl.constexpr,
-                    K: tl.constexpr, BLOCK: tl.constexpr):
+                    partials_ptr, d_h_ptr, RULE: tl.constexpr, IN1: tl.constexpr,
+                    OUT1: tl.constexpr, IN2: tl.constexpr, OUT2: tl.constexpr,
+                    ROWS: tl.constexpr, K: tl.constexpr, BLOCK: tl.constexpr):
   """d_h (B, ROWS, P) and partials (B, programs, K); grid = B * programs. Program j of a
   batch entry handles blocks j, j + programs, ... and writes their summed meta cotangent."""
-  IN1: tl.constexpr = _net_shape(RULE, 0)
-  OUT1: tl.constexpr = _net_shape(RULE, 1)
-  IN2: tl.constexpr = _net_shape(RULE, 2)
-  OUT2: tl.constexpr = _net_shape(RULE, 3)
+  _check_sizes(IN1, OUT1, IN2, OUT2, ROWS, K)
   S1: tl.constexpr = _leaf("end", IN1, OUT1)
-  tl.static_assert(ROWS == (2 * H if IN2 > 0 else H))
-  tl.static_assert(K == S1 + (_leaf("end", IN2, OUT2) if IN2 > 0 else 0))
-  tl.static_assert((D1 == W) and (D2 == W))
   pid = tl.program_id(0)
   b = (pid // programs).to(tl.int64)
   p = meta_ptr + b * K
@@ -416,6 +424,7 @@ def backward_kernel(meta_ptr, g_ptr, h_ptr, d_dir_ptr, d_h_new_ptr, P, clip, n_b
     d_dir = tl.load(d_dir_ptr + b * P + offs, mask=mask, other=0.0)
     g, sign, x1, x2 = _rule_inputs(tl.load(g_ptr + b * P + offs, mask=mask, other=0.0), clip,
                                    RULE)
+    tl.static_assert(len(x1) == IN1 and len(x2) == IN2, "optim4rl.kernels: inputs != IN1, IN2")
     h1 = _load_hidden(h_base, P, offs, mask, 0)
     t1 = _net_forward(p, x1, h1, IN1, OUT1)
     o1 = _outputs(t1[7], OUT1)
@@ -423,12 +432,14 @@ def backward_kernel(meta_ptr, g_ptr, h_ptr, d_dir_ptr, d_h_new_ptr, P, clip, n_b
       h2 = _load_hidden(h_base, P, offs, mask, H)
       t2 = _net_forward(p + S1, x2, h2, IN2, OUT2)
       d1, d2 = _direction_backward(g, sign, o1, _outputs(t2[7], OUT2), d_dir, RULE)
+      tl.static_assert(len(d1) == OUT1 and len(d2) == OUT2, "optim4rl.kernels: outputs != OUT")
       d_h2, grads2 = _net_backward(p + S1, mask[:, None], x2, h2, t2, d2,
                                    _load_hidden(dhn_base, P, offs, mask, H), IN2, OUT2)
       _store_hidden(dh_base, P, offs, mask, H, d_h2)
       acc2 = _add_grads(acc2, grads2)
     else:
-      d1, _ = _direction_backward(g, sign, o1, o1, d_dir, RULE)
+      d1, d2 = _direction_backward(g, sign, o1, o1, d_dir, RULE)
+      tl.static_assert(len(d1) == OUT1 and len(d2) == 0, "optim4rl.kernels: outputs != OUT")
     d_h1, grads1 = _net_backward(p, mask[:, None], x1, h1, t1, d1,
                                  _load_hidden(dhn_base, P, offs, mask, 0), IN1, OUT1)
     _store_hidden(dh_base, P, offs, mask, 0, d_h1)
@@ -485,6 +496,17 @@ def cdiv(a: int, b: int) -> int:
   return -(-a // b)
 
 
+def rule_constexprs(rule) -> dict:
+  """The constexprs of forward_kernel/backward_kernel for `rule` (an optim4rl.rules.Rule,
+  or anything with its kernel_id, nets, hidden_rows and meta_size): the net sizes come from
+  the rule table, the one source; the kernels check them against their own layout."""
+  if not 1 <= len(rule.nets) <= 2:
+    raise ValueError(f"optim4rl.kernels: rules have one or two nets, got {rule.nets}")
+  (in1, out1), (in2, out2) = rule.nets[0], (rule.nets[1] if len(rule.nets) == 2 else (0, 0))
+  return dict(RULE=rule.kernel_id, IN1=in1, OUT1=out1, IN2=in2, OUT2=out2,
+              ROWS=rule.hidden_rows, K=rule.meta_size)
+
+
 def forward(launch, rule, meta, g, h, clip: float, batch: int, params: int,
             config: Config = DEFAULT_CONFIG):
   """(direction (B, P), h_new (B, ROWS, P)) of `rule` (an optim4rl.rules.Rule).
@@ -498,8 +520,7 @@ def forward(launch, rule, meta, g, h, clip: float, batch: int, params: int,
   return launch(forward_kernel, (batch * n_blocks,), config.forward_warps,
                 (meta, g, h, params, np.float32(clip), n_blocks),
                 ((batch, params), (batch, rule.hidden_rows, params)),
-                RULE=rule.kernel_id, ROWS=rule.hidden_rows, K=rule.meta_size,
-                BLOCK=config.forward_block)
+                BLOCK=config.forward_block, **rule_constexprs(rule))
 
 
 def backward(launch, rule, meta, g, h, d_dir, d_h_new, clip: float, batch: int, params: int,
@@ -513,7 +534,7 @@ def backward(launch, rule, meta, g, h, d_dir, d_h_new, clip: float, batch: int, 
       backward_kernel, (batch * programs,), config.backward_warps,
       (meta, g, h, d_dir, d_h_new, params, np.float32(clip), n_blocks, programs),
       ((batch, programs, rule.meta_size), (batch, rule.hidden_rows, params)),
-      RULE=rule.kernel_id, ROWS=rule.hidden_rows, K=rule.meta_size, BLOCK=config.backward_block)
+      BLOCK=config.backward_block, **rule_constexprs(rule))
   rows = programs
   while rows > 1:
     n_out = cdiv(rows, config.reduce_rows)

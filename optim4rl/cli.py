@@ -7,12 +7,13 @@
   python -m optim4rl evaluate --world small_dense_short --optimizers adam@3e-2 adam@5e-2:linear
   python -m optim4rl gradients --worlds big_dense_long --tasks ant humanoid
   python -m optim4rl bench --sizes 1e5 1e6
+
+Commands parse their flags, call the library (optim4rl.evaluation, optim4rl.meta) and print.
+A user's mistake (a ValueError or FileNotFoundError of the library) exits 2 with one line.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
-import re
 import sys
 from pathlib import Path
 
@@ -29,7 +30,8 @@ def _positive_int(text: str) -> int:
 def _world_name(text: str) -> str:
   from optim4rl.envs.gridworld import WORLD_NAMES
   if text not in WORLD_NAMES:
-    raise argparse.ArgumentTypeError(f"unknown gridworld {text!r}; choose from {', '.join(WORLD_NAMES)}")
+    raise argparse.ArgumentTypeError(f"unknown gridworld {text!r}; choose from "
+                                     f"{', '.join(WORLD_NAMES)}")
   return text
 
 
@@ -42,54 +44,11 @@ def _task_name(text: str) -> str:
   return text
 
 
-def _eval_envs(args) -> int:
-  """Brax evaluation envs per chunk: --eval-envs, else Brax's 128 (16 at CPU size)."""
-  eval_envs = getattr(args, "eval_envs", 0)
-  return (16 if args.small else 128) if eval_envs is None else eval_envs
-
-
-def _trainer(args, steps: int, chunks: int | None = None):
-  """(environment name, run(tx, seeds=, progress=, ...) -> Curve, optimizer updates per run)
-  for --world or --task, in `chunks` scans (default: the trainer's)."""
-  from optim4rl.training import a2c as train
-  if args.task:
-    from optim4rl.training import ppo as train_ppo
-    settings = train_ppo.small(args.task) if args.small else None
-    eval_envs = _eval_envs(args)
-    chunks = chunks or train_ppo.CHUNKS
-    run = lambda tx, **kw: train_ppo.train(args.task, tx, steps=steps, settings=settings,
-                                           eval_envs=eval_envs, chunks=chunks, **kw)
-    return args.task, run, train_ppo.optimizer_updates(args.task, steps, settings, chunks)
-  from optim4rl import envs
-  world = envs.make(args.world)
-  chunks = chunks or train.CHUNKS
-  run = lambda tx, **kw: train.train(world, tx, steps=steps, num_envs=args.envs, chunks=chunks,
-                                     **kw)
-  return args.world, run, train.optimizer_updates(steps, args.envs, chunks=chunks)
-
-
-def _optimizer(spec: str, env_name: str, backend, task: bool, updates: int,
-               lr: float | None = None):
-  """The optax optimizer of a spec with an optional "@LR[:SCHEDULE]" ("adam@3e-3",
-  "adam@5e-2:linear") over a run of `updates` optimizer updates; `lr` overrides LR, and
-  without either the environment's default learning rate applies."""
-  from optim4rl.evaluation import specs as ev
-  name, spec_lr, schedule = ev.split_spec(spec)
-  if lr is None:
-    try:
-      lr = float(spec_lr) if spec_lr else ev.default_learning_rate(env_name)
-    except ValueError:
-      raise ValueError(f"optimizer {spec!r}: {spec_lr!r} is not a learning rate") from None
-  # Brax's PPO runs its optimizers unclipped; the paper's gridworld configs clip at 1.
-  return ev.make_optimizer(name, lr, backend=backend, clip=None if task else 1.0,
-                           schedule=schedule or "constant", updates=updates)
-
-
-def _meta_file_hash(spec: str) -> str | None:
-  """SHA-256 of the meta-parameter file a learned optimizer's spec names (None: classical)."""
-  from optim4rl.evaluation.specs import split_spec
-  _, _, path = split_spec(spec)[0].partition(":")
-  return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
+def _trainer(args, steps: int):
+  """The trainer of --world or --task with the environment flags (evaluation.trainers)."""
+  from optim4rl.evaluation import trainers
+  return trainers.make_trainer(args.task or args.world, steps=steps, envs=args.envs,
+                               small=args.small, eval_envs=args.eval_envs)
 
 
 def _bar(total: int, desc: str, unit: str):
@@ -109,13 +68,9 @@ def _train_progress(total_steps: int, desc: str):
 
 
 def _meta_config(args):
+  """(the outer loop's MetaConfig, the task plug-in's config) of the meta-train flags."""
   from optim4rl.evaluation.specs import default_learning_rate
-  common = dict(rule=args.rule, units=args.units, envs_per_unit=args.envs_per_unit,
-                reset_interval=args.reset_interval, inner_updates=args.inner_updates,
-                iterations=args.iterations, meta_lr=args.meta_lr,
-                meta_grad_clip=args.meta_grad_clip, max_norm=args.max_norm,
-                average_decay=args.average_decay, seed=args.seed,
-                backend=args.backend)
+  from optim4rl.meta.config import MetaConfig
   if args.task:
     if args.validate_every:
       raise ValueError("--validate-every: validation trains A2C agents on a gridworld; it is "
@@ -125,23 +80,30 @@ def _meta_config(args):
                        "is the PPO loss (Appendix C)")
     if args.agent_schedule != "constant":
       raise ValueError("--agent-schedule applies to A2C meta-training on gridworlds")
-    from optim4rl.meta.ppo import PPOMetaConfig
+  cfg = MetaConfig(rule=args.rule, units=args.units, envs_per_unit=args.envs_per_unit,
+                   reset_interval=args.reset_interval, inner_updates=args.inner_updates,
+                   iterations=args.iterations, meta_lr=args.meta_lr,
+                   meta_grad_clip=args.meta_grad_clip, max_norm=args.max_norm,
+                   average_decay=args.average_decay, validate_every=args.validate_every,
+                   seed=args.seed, backend=args.backend)
+  if args.task:
+    from optim4rl.meta.ppo import BraxConfig
     if args.lrs and len(args.lrs) != 1:
       raise ValueError("PPO meta-training takes one agent learning rate")
     lr = args.lrs[0] if args.lrs else default_learning_rate(args.task)
-    return PPOMetaConfig(task=args.task, agent_lr=lr, batch_size=args.batch_size, **common)
-  from optim4rl.meta.a2c import MetaConfig
+    return cfg, BraxConfig(task=args.task, agent_lr=lr, batch_size=args.batch_size)
+  from optim4rl.meta.a2c import GridworldConfig
   lrs = tuple(args.lrs) if args.lrs else tuple(default_learning_rate(w) for w in args.worlds)
-  return MetaConfig(worlds=tuple(args.worlds), agent_lrs=lrs, reward_scale=args.reward_scale,
-                    outer_loss=args.outer_loss, agent_schedule=args.agent_schedule,
-                    validate_every=args.validate_every,
-                    validate_seeds=args.validate_seeds,
-                    validate_steps=int(args.validate_steps), **common)
+  return cfg, GridworldConfig(worlds=tuple(args.worlds), agent_lrs=lrs,
+                              reward_scale=args.reward_scale, outer_loss=args.outer_loss,
+                              agent_schedule=args.agent_schedule,
+                              validate_seeds=args.validate_seeds,
+                              validate_steps=int(args.validate_steps))
 
 
 def cmd_meta_train(args):
   from optim4rl.meta.loop import meta_train
-  cfg = _meta_config(args)
+  cfg, task = _meta_config(args)
   mesh = None
   if args.devices > 1:
     import jax
@@ -149,7 +111,7 @@ def cmd_meta_train(args):
     if args.devices > len(jax.devices()):
       raise ValueError(f"--devices {args.devices}: only {len(jax.devices())} devices are visible")
     mesh = units_mesh(jax.devices()[:args.devices])
-  names = [args.task] if args.task else cfg.worlds
+  names = [args.task] if args.task else args.worlds
   bar = _bar(cfg.iterations, f"meta-train {'+'.join(names)}", "it")
 
   validation = {}
@@ -162,54 +124,41 @@ def cmd_meta_train(args):
     bar.set_postfix(ret=f"{sum(rets) / len(rets):.2f}", gnorm=f"{row['meta_grad_norm']:.2e}",
                     **validation)
 
-  meta_train(cfg, args.out, checkpoint_every=args.checkpoint_every, progress=report, mesh=mesh)
+  meta_train(cfg, task, args.out, checkpoint_every=args.checkpoint_every,
+             log_every=args.log_every, progress=report, mesh=mesh)
   bar.close()
   out = Path(args.out)
   print(f"meta-parameters: {out / 'meta.npz'}  (log: {out / 'log.csv'})")
-  if getattr(cfg, "validate_every", 0):
+  if cfg.validate_every:
     print(f"best validated: {out / 'meta_best.npz'}  (scores: {out / 'validation.csv'})")
 
 
 def cmd_train(args):
+  from optim4rl.evaluation import specs
   steps = int(args.steps)
-  name, run, updates = _trainer(args, steps)
-  tx = _optimizer(args.optimizer, name, args.backend, bool(args.task), updates, lr=args.lr)
-  curve = run(tx, seeds=(args.seed,), progress=_train_progress(steps, f"{args.optimizer} on {name}"))
+  trainer = _trainer(args, steps)
+  tx = specs.optimizer_for(args.optimizer, trainer.environment, updates=trainer.updates,
+                           backend=args.backend, learning_rate=args.lr)
+  curve = trainer.run(tx, seeds=(args.seed,),
+                      progress=_train_progress(steps, f"{args.optimizer} on {trainer.environment}"))
   print(f"final return ({args.optimizer}, seed {args.seed}): "
         f"{curve.returns[0, -1]:.3f} after {curve.steps[-1]} steps")
 
 
 def cmd_evaluate(args):
   from optim4rl.evaluation import compare, metrics, report
-  from optim4rl.training.checkpoint import RunCheckpoint
   steps = int(args.steps)
-  name, run, updates = _trainer(args, steps)
-  # All built before any training, so a bad spec fails at once.
-  optimizers = {spec: _optimizer(spec, name, args.backend, bool(args.task), updates)
-                for spec in args.optimizers}
-  out = Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  checkpoints = {}
-
-  def checkpoint(spec):  # one resumable run per optimizer, named by everything it depends on
-    identity = dict(environment=name, steps=steps, seeds=args.seeds, optimizer=spec,
-                    backend=args.backend, meta_sha256=_meta_file_hash(spec))
-    identity.update(dict(small=args.small, eval_envs=_eval_envs(args)) if args.task
-                    else dict(envs=args.envs))
-    slug = re.sub(r"[^A-Za-z0-9.@-]+", "_", spec)[-60:]
-    digest = hashlib.sha1(spec.encode()).hexdigest()[:8]
-    checkpoints[spec] = RunCheckpoint(out / "checkpoints" / f"{slug}-{digest}", identity)
-    return checkpoints[spec]
-
-  results = compare.evaluate(run, optimizers, seeds=args.seeds, checkpoint=checkpoint,
-                        progress=lambda label: _train_progress(steps, f"{label} x{args.seeds} seeds"))
+  trainer = _trainer(args, steps)
+  name, out = trainer.environment, Path(args.out)
+  results, checkpoints = compare.evaluate_specs(
+      trainer, args.optimizers, seeds=args.seeds, directory=out, backend=args.backend,
+      progress=lambda label: _train_progress(steps, f"{label} x{args.seeds} seeds"))
   for spec, ckpt in checkpoints.items():
     if ckpt.resumed_after:
       print(f"{spec}: resumed after chunk {ckpt.resumed_after} of {ckpt.chunks} "
             f"from {ckpt.directory}")
   report.write_csv(results, out / "curves.csv")
-  agent = "PPO" if args.task else "A2C"
-  report.plot(results, out / "returns.png", f"{agent} on {name}, {args.seeds} seeds")
+  report.plot(results, out / "returns.png", f"{trainer.agent} on {name}, {args.seeds} seeds")
   print(f"\n{name}, {steps:,} steps per agent")
   print(report.table(results))
   if len(metrics.best_per_optimizer(results)) < len(results):  # an optimizer in several settings
@@ -219,38 +168,16 @@ def cmd_evaluate(args):
 
 def cmd_gradients(args):
   """Agent-gradient distributions per task and stage, and how much the worlds cover the tasks."""
-  import numpy as np
-  from optim4rl.evaluation import gradients as G
-  out = Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  hists = {}
-  jobs = [("world", w, int(args.world_steps)) for w in args.worlds]
-  jobs += [("task", t, int(args.task_steps)) for t in args.tasks]
-  for kind, name, steps in jobs:
-    ns = argparse.Namespace(world=name if kind == "world" else None,
-                            task=name if kind == "task" else None, small=args.small, envs=args.envs)
-    _, run, updates = _trainer(ns, steps, chunks=12)
-    tx = _optimizer(args.optimizer, name, args.backend, kind == "task", updates)
-    curve = run(tx, seeds=(args.seed,), grad_stat=G.log_histogram,
-                progress=_train_progress(steps, f"gradients of {name}"))
-    for stage, counts in zip(("early", "middle", "late"), G.stages(curve.stats)):
-      hists[f"{name}/{stage}"] = counts
-  np.savez(out / "histograms.npz", edges=G.EDGES, **hists)
-  total = lambda name: sum(v for k, v in hists.items() if k.startswith(name + "/"))
-  worlds = np.stack([total(w) for w in args.worlds]) if args.worlds else None
-  lines = []
-  for name in args.tasks or args.worlds:
-    curves = {f"{name}, {k.split('/')[1]}": v for k, v in hists.items() if k.startswith(name + "/")}
-    if worlds is not None and name not in args.worlds:
-      curves["all gridworlds"] = (worlds / worlds.sum(1, keepdims=True)).mean(0)  # equal weights
-      lines.append(f"{name:<26} {G.coverage(total(name), worlds):8.3f}  " + "  ".join(
-          f"{G.coverage(total(name), total(w)):.3f}" for w in args.worlds))
-    G.plot(curves, out / f"gradients_{name}.png", f"agent-gradients ({args.optimizer})")
-  if lines:
-    print(f"\nshare of each task's agent-gradients inside the support of the gridworlds' "
-          f"(all; {', '.join(args.worlds)})")
-    print("\n".join(lines))
-  print(f"histograms: {out / 'histograms.npz'}  plots: {out}/gradients_*.png")
+  from optim4rl.evaluation import gradients
+  study = gradients.gradient_study(
+      args.worlds, args.tasks, args.out, optimizer=args.optimizer,
+      world_steps=int(args.world_steps), task_steps=int(args.task_steps), envs=args.envs,
+      small=args.small, seed=args.seed, backend=args.backend,
+      progress=lambda name, steps: _train_progress(steps, f"gradients of {name}"))
+  table = gradients.coverage_table(study)
+  if table:
+    print("\n" + table)
+  print(f"histograms: {study.histogram_file}  plots: {Path(args.out)}/gradients_*.png")
 
 
 def cmd_bench(args):
@@ -312,6 +239,9 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--validate-steps", type=float, default=3e6)
   p.add_argument("--reward-scale", default="auto")
   p.add_argument("--checkpoint-every", type=_positive_int, default=50)
+  p.add_argument("--log-every", type=_positive_int, default=10,
+                 help="read the device's metrics (log rows, progress) every this many "
+                      "iterations; the iterations in between run without waiting for the host")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--backend", default=None)
   p.add_argument("--out", required=True, help="run directory (resumes if it holds a checkpoint)")
@@ -364,7 +294,9 @@ def main(argv=None):
   args = parser().parse_args(argv)
   try:
     args.run(args)
-  except (ValueError, TypeError, FileNotFoundError) as err:
+  # The library reports a user's mistake (a bad spec, flag, configuration or file) as a
+  # ValueError, a missing file as FileNotFoundError; anything else is a bug: its traceback shows.
+  except (ValueError, FileNotFoundError) as err:
     print(f"optim4rl {args.command}: error: {err}", file=sys.stderr)
     return 2
   return 0

@@ -25,6 +25,16 @@ def test_bad_optimizer_and_checkpoint_errors(tmp_path, capsys):
   assert main(["train", "--optimizer", f"optim4rl:{tmp_path / 'missing.npz'}"]) == 2
 
 
+def test_an_internal_type_error_is_not_a_usage_error(monkeypatch):
+  from optim4rl.evaluation import trainers
+
+  def broken(*args, **kwargs):
+    raise TypeError("a bug, not a user's mistake")
+  monkeypatch.setattr(trainers, "make_trainer", broken)
+  with pytest.raises(TypeError, match="a bug"):  # its traceback shows, no exit 2
+    main(["train", "--steps", "1000"])
+
+
 def test_evaluate_writes_table_csv_and_plot(tmp_path, capsys):
   meta = optim4rl.init_meta_params(jax.random.key(0), "optim4rl")
   optim4rl.save_meta_params(tmp_path / "meta.npz", meta, "optim4rl")

@@ -2,7 +2,8 @@
 
 `fused_step(rule, meta_flat, g, h)` maps gradients g (P,) and hidden states h (rows, P) to
 (direction (P,), new h) in one kernel launch forward and one backward (plus, for "triton",
-one or two small launches that add the backward programs' meta cotangents). The backward kernel
+one or two small launches that add the backward programs' meta cotangents); the backends and
+their forward/backward callables are those of optim4rl.backends.registry. The backward kernel
 recomputes the forward from the inputs, so the only residuals are the inputs themselves:
 4 bytes of gradient and 4 * rows bytes of hidden state per parameter and step.
 Gradients are stop-gradient inputs: their cotangent is zero by definition (Algorithm 1).
@@ -13,63 +14,24 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from optim4rl.backends import triton_launch
-from optim4rl.backends.registry import cpu_library, cuda_library
-from optim4rl.rules import Rule, reference, unflatten_meta
-
-
-_KERNEL_BACKENDS = {"cpu": cpu_library, "cuda": cuda_library}
-
-
-def _target(backend: str, direction: str) -> str:
-  if _KERNEL_BACKENDS[backend]() is None:
-    raise ValueError(f"optim4rl: the {backend} library is not built")
-  return f"optim4rl_{backend}_{direction}"
-
-
-def _ffi_forward(backend: str, rule: Rule, clip: float, meta, g, h):
-  call = jax.ffi.ffi_call(
-      _target(backend, "forward"),
-      (jax.ShapeDtypeStruct(g.shape, jnp.float32), jax.ShapeDtypeStruct(h.shape, jnp.float32)),
-      vmap_method="broadcast_all")
-  return call(meta, g, h, rule=np.int32(rule.kernel_id), clip=np.float32(clip))
-
-
-def _ffi_backward(backend: str, rule: Rule, clip: float, meta, g, h, d_dir, d_h):
-  call = jax.ffi.ffi_call(
-      _target(backend, "backward"),
-      (jax.ShapeDtypeStruct(meta.shape, jnp.float32), jax.ShapeDtypeStruct(h.shape, jnp.float32)),
-      vmap_method="broadcast_all")
-  return call(meta, g, h, d_dir, d_h, rule=np.int32(rule.kernel_id), clip=np.float32(clip))
-
-
-def _forward(backend: str, rule: Rule, clip: float, meta, g, h):
-  if backend == "triton":
-    return triton_launch.forward(rule, clip, meta, g, h)
-  return _ffi_forward(backend, rule, clip, meta, g, h)
-
-
-def _backward(backend: str, rule: Rule, clip: float, meta, g, h, d_dir, d_h):
-  if backend == "triton":
-    return triton_launch.backward(rule, clip, meta, g, h, d_dir, d_h)
-  return _ffi_backward(backend, rule, clip, meta, g, h, d_dir, d_h)
+from optim4rl.backends.registry import BACKENDS, Backend
+from optim4rl.rules import Rule
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _kernel_step(backend: str, rule: Rule, clip: float, meta, g, h):
-  return _forward(backend, rule, clip, meta, g, h)
+def _kernel_step(backend: Backend, rule: Rule, clip: float, meta, g, h):
+  return backend.forward(rule, clip, meta, g, h)
 
 
 def _kernel_step_fwd(backend, rule, clip, meta, g, h):
-  return _forward(backend, rule, clip, meta, g, h), (meta, g, h)
+  return backend.forward(rule, clip, meta, g, h), (meta, g, h)
 
 
 def _kernel_step_bwd(backend, rule, clip, residuals, cotangents):
   meta, g, h = residuals
   d_dir, d_h_new = cotangents
-  d_meta, d_h = _backward(backend, rule, clip, meta, g, h, d_dir, d_h_new)
+  d_meta, d_h = backend.backward(rule, clip, meta, g, h, d_dir, d_h_new)
   return d_meta, jnp.zeros_like(g), d_h
 
 
@@ -92,10 +54,12 @@ def _check(rule: Rule, meta, g, h):
 
 
 def fused_step(rule: Rule, meta_flat, g, h, *, clip: float = 1.0, backend: str = "cpu"):
-  """(direction, new hidden) for flat float32 g (P,) and h (rows, P); backend already resolved."""
+  """(direction, new hidden) for flat float32 g (P,) and h (rows, P); backend already resolved
+  (optim4rl.backends.resolve_backend): this does not check that it can run here."""
   _check(rule, meta_flat, g, h)
-  if backend == "reference":
-    return reference.step(rule, unflatten_meta(meta_flat, rule), g, h, clip)
-  if backend in _KERNEL_BACKENDS or backend == "triton":
-    return _kernel_step(backend, rule, float(clip), meta_flat, g, h)
-  raise ValueError(f"optim4rl: backend {backend!r} has no kernel in this build")
+  impl = BACKENDS.get(backend)
+  if impl is None:
+    raise ValueError(f"optim4rl: backend {backend!r} has no kernel in this build")
+  if impl.backward is None:  # differentiated by JAX
+    return impl.forward(rule, float(clip), meta_flat, g, h)
+  return _kernel_step(impl, rule, float(clip), meta_flat, g, h)

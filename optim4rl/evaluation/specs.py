@@ -5,8 +5,14 @@ clip of 1 used in the paper's configs), or "RULE:PATH" for a learned optimizer w
 meta-parameters were saved to PATH (RULE is optim4rl, optim4rl_public, linear_optim, l2lgd2;
 "learned:PATH" takes the rule stored in the file). Any of them can run under a schedule
 (SCHEDULES) that scales its steps over training, alike for every optimizer.
+
+`optimizer_for` builds the optimizer of a full spec for a run on an environment (its default
+learning rate and clip); `make_optimizer` that of NAME[:PATH] with everything given.
 """
 from __future__ import annotations
+
+import hashlib
+from pathlib import Path
 
 import optax
 
@@ -33,6 +39,32 @@ def split_spec(spec: str) -> tuple[str, str, str]:
   optimizer, _, setting = spec.rpartition("@") if "@" in spec else (spec, "", "")
   lr, _, schedule = setting.partition(":")
   return optimizer, lr, schedule
+
+
+def optimizer_for(spec: str, environment: str, *, updates: int, backend: str | None = None,
+                  learning_rate: float | None = None) -> optax.GradientTransformation:
+  """The optax optimizer of a full spec NAME[:PATH][@LR[:SCHEDULE]] ("adam@3e-3",
+  "adam@5e-2:linear") for a run of `updates` optimizer updates on `environment` (a gridworld
+  or a Brax task). `learning_rate` overrides LR; without either, the environment's default
+  learning rate applies."""
+  name, lr_text, schedule = split_spec(spec)
+  if learning_rate is None and lr_text:
+    try:
+      learning_rate = float(lr_text)
+    except ValueError:
+      raise ValueError(f"optimizer {spec!r}: {lr_text!r} is not a learning rate") from None
+  if learning_rate is None:
+    learning_rate = default_learning_rate(environment)
+  # Brax's PPO runs its optimizers unclipped; the paper's gridworld configs clip at 1.
+  clip = 1.0 if environment in gw.WORLD_NAMES else None
+  return make_optimizer(name, learning_rate, backend=backend, clip=clip,
+                        schedule=schedule or "constant", updates=updates)
+
+
+def meta_file_hash(spec: str) -> str | None:
+  """SHA-256 of the meta-parameter file a learned optimizer's spec names (None: classical)."""
+  _, _, path = split_spec(spec)[0].partition(":")
+  return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
 
 
 def make_optimizer(spec: str, learning_rate: float, *, clip: float | None = 1.0,
@@ -63,5 +95,3 @@ def _unscheduled(spec: str, learning_rate: float, clip: float | None,
                              clip=1.0 if clip is None else clip, backend=backend)
   raise ValueError(f"unknown optimizer {spec!r}; expected one of {sorted(CLASSICAL)} or "
                    f"RULE:PATH with RULE in {sorted(RULES)} or 'learned'")
-
-

@@ -1,13 +1,19 @@
-"""The meta-training loop: iterations over tasks, meta-updates, logs and resumable checkpoints.
+"""The host side of meta-training: iterations, logs, validation and resumable checkpoints.
 
-A run directory holds config.json, log.csv (one row per iteration), meta.npz (the latest
-meta-parameters, loadable by `optim4rl.load_meta_params`), meta_avg.npz (their exponential
-moving average, if `average_decay` > 0), with validation (`validate_every` > 0) validation.csv
-(the score of each validated iteration) and meta_best.npz (the best-scoring meta-parameters
-so far; their moving average is what is scored when one is kept), and checkpoints/ (orbax,
-the full state: meta-parameters, meta-optimizer state, every unit's agent, optimizer state and
-worlds, the iteration, the PRNG key and the best validation score). Starting a run in a
-directory with a checkpoint resumes it.
+The loop knows no agent or environment: a task plug-in (a `TaskConfig`, e.g.
+`meta.a2c.GridworldConfig` or `meta.ppo.BraxConfig`) builds the tasks, and every iteration is
+one jitted call (meta/iteration.py). The host dispatches iterations without waiting for them
+and reads their metrics only every `log_every` iterations (and after the first, at validations,
+checkpoints and the end), in one transfer.
+
+A run directory holds config.json (the `MetaConfig` and the plug-in's config), log.csv (one row
+per iteration; `seconds` is measured when the metrics are read and spread evenly over the
+iterations read together), meta.npz (the latest meta-parameters, loadable by
+`optim4rl.load_meta_params`), meta_avg.npz (their exponential moving average, if
+`average_decay` > 0), with validation (`validate_every` > 0) validation.csv (the score of each
+validated iteration) and meta_best.npz (the best-scoring meta-parameters so far; their moving
+average is what is scored when one is kept), and checkpoints/ (orbax, the whole `MetaState`).
+Starting a run in a directory with a checkpoint resumes it.
 """
 from __future__ import annotations
 
@@ -21,71 +27,48 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 
-from optim4rl.meta import pipeline
-from optim4rl.meta.a2c import MetaConfig, gridworld_tasks
-from optim4rl.meta.tasks import Tasks
-from optim4rl.rules import init_meta_params, save_meta_params
+from optim4rl.meta.config import MetaConfig
+from optim4rl.meta.iteration import MetaState, Metrics, initial_state, make_iteration
+from optim4rl.meta.tasks import TaskConfig, Tasks
+from optim4rl.rules import save_meta_params
 
 LOG_FIELDS = ("iteration", "seconds", "env_steps", "meta_grad_norm")
 
 
-def _tasks(cfg, mesh) -> Tasks:
-  if isinstance(cfg, MetaConfig):
-    return gridworld_tasks(cfg, mesh)
-  from optim4rl.meta import ppo as meta_ppo  # imports Brax
-  if not isinstance(cfg, meta_ppo.PPOMetaConfig):
-    raise TypeError(f"expected a MetaConfig or PPOMetaConfig, got {type(cfg).__name__}")
-  return meta_ppo.tasks(cfg, mesh)
+def _identity(cfg: MetaConfig, task: TaskConfig) -> dict:
+  """What a run depends on, as config.json records it."""
+  return {"meta": dataclasses.asdict(cfg), "plugin": type(task).__name__,
+          "tasks": dataclasses.asdict(task)}
 
 
-def _initial_state(cfg, tasks: Tasks):
-  key = jax.random.PRNGKey(cfg.seed)
-  k_meta, key = jax.random.split(key)
-  meta = init_meta_params(k_meta, cfg.rule)
-  key, units = tasks.init_units(key)
-  rest = {"meta": meta, "meta_opt": pipeline.meta_optimizer(cfg).init(meta), "meta_avg": meta,
-          "iteration": jnp.zeros([], jnp.int32), "key": key}
-  if tasks.validate is not None:
-    rest["best_score"] = jnp.float32(-jnp.inf)  # of meta_best.npz
-  if tasks.mesh is not None:
-    from jax.sharding import NamedSharding, PartitionSpec
-    rest = jax.device_put(rest, NamedSharding(tasks.mesh, PartitionSpec()))
-  return {**rest, "units": units}
+def _comparable(section: dict, config) -> dict:
+  """`section` of a stored config.json as `config`'s fields: JSON lists as tuples, fields added
+  since the run started at their defaults, `iterations` left out (a run may be extended)."""
+  fields = {f.name: f.default for f in dataclasses.fields(config)}
+  return {k: (tuple(v) if isinstance(v, list) else v)
+          for k, v in {**fields, **section}.items() if k != "iterations"}
 
 
-def _apply_function(cfg):
-  """The jitted meta-update: average the tasks' meta-gradients, one meta-optimizer step, and
-  the moving average of the meta-parameters (decay cfg.average_decay)."""
-  opt = pipeline.meta_optimizer(cfg)
-  decay = cfg.average_decay
-
-  @jax.jit
-  def apply(meta, opt_state, avg, grads):
-    grads = jax.tree.map(lambda *g: jnp.mean(jnp.stack(g), axis=0), *grads)
-    updates, opt_state = opt.update(grads, opt_state, meta)
-    meta = optax.apply_updates(meta, updates)
-    avg = jax.tree.map(lambda a, m: decay * a + (1 - decay) * m, avg, meta)
-    return meta, opt_state, avg, pipeline.global_norm(grads)
-
-  return apply
-
-
-def _check_config(run_dir: Path, cfg):
+def _check_config(run_dir: Path, cfg: MetaConfig, task: TaskConfig):
+  """Refuse to resume a run of another configuration; record this one."""
   path = run_dir / "config.json"
-  mine = dataclasses.asdict(cfg)
+  mine = _identity(cfg, task)
   if path.exists():
     theirs = json.loads(path.read_text())
-    resumable = {k: v for k, v in mine.items() if k != "iterations"}
-    stored = {k: (tuple(v) if isinstance(v, list) else v) for k, v in theirs.items()
-              if k != "iterations"}
-    # Fields added since a run started take their defaults there.
-    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
-    stored = {k: stored.get(k, defaults[k]) for k in resumable}
-    if stored != resumable:
-      diff = {k: (stored.get(k), v) for k, v in resumable.items() if stored.get(k) != v}
+    if "meta" not in theirs or "plugin" not in theirs:
+      raise ValueError(f"{run_dir} holds a run in an older format (its config.json has no "
+                       f"'meta' and 'plugin' sections); use a new directory")
+    if theirs["plugin"] != mine["plugin"]:
+      raise ValueError(f"{run_dir} holds a run with another configuration: a "
+                       f"{theirs['plugin']} run, not a {mine['plugin']} one; use a new directory")
+    diff = {}
+    for section, config in (("meta", cfg), ("tasks", task)):
+      stored = _comparable(theirs[section], config)
+      given = _comparable(mine[section], config)
+      diff.update({k: (stored.get(k), v) for k, v in given.items() if stored.get(k) != v})
+    if diff:
       raise ValueError(f"{run_dir} holds a run with another configuration (stored, given): "
                        f"{diff}; use a new directory")
   path.write_text(json.dumps(mine, indent=1))
@@ -117,80 +100,130 @@ def _append_row(path: Path, row: dict):
     out.writerow(row)
 
 
-def _validate(tasks: Tasks, state: dict, run_dir: Path, cfg) -> tuple[dict, float]:
+def _validate(tasks: Tasks, state: MetaState, run_dir: Path, cfg: MetaConfig
+              ) -> tuple[MetaState, float]:
   """Score the meta-parameters (their moving average, if one is kept); keep them as the best
   if they beat the best so far."""
-  meta = state["meta_avg"] if cfg.average_decay > 0 else state["meta"]
+  meta = state.meta_avg if cfg.average_decay > 0 else state.meta
   finals = np.asarray(tasks.validate(meta))
   score = float(finals.mean())
   se = float(finals.std(ddof=1) / np.sqrt(len(finals))) if len(finals) > 1 else float("nan")
-  _append_row(run_dir / "validation.csv", {"iteration": int(state["iteration"]),
+  _append_row(run_dir / "validation.csv", {"iteration": int(state.iteration),
                                            "final_return": score, "stderr": se})
-  if score > float(state["best_score"]):
-    state = {**state, "best_score": jnp.float32(score)}
+  if score > float(state.best_score):
+    state = state._replace(best_score=jnp.float32(score))
     save_meta_params(run_dir / "meta_best.npz", meta, cfg.rule)
   return state, score
 
 
-def meta_train(cfg, run_dir: str | Path, *, checkpoint_every: int = 50,
+class _Log:
+  """log.csv and the progress callback, fed with the metrics of several iterations at once."""
+
+  def __init__(self, path: Path, names: list[str], env_steps: int, seconds_before: float,
+               progress: Callable[[int, dict], None] | None):
+    self.names, self.env_steps, self.progress = names, env_steps, progress
+    self.t0 = time.time() - seconds_before  # the run's time up to the checkpoint resumed from
+    self.last = seconds_before
+    new = not path.exists()
+    self.file = open(path, "a", newline="")
+    self.csv = csv.DictWriter(self.file, fieldnames=[*LOG_FIELDS,
+                                                     *(f"return_{n}" for n in names)])
+    if new:
+      self.csv.writeheader()
+
+  def write(self, pending: list[tuple[int, Metrics]], run_dir: Path) -> dict:
+    """Read the pending iterations' metrics from the device (one transfer) and log them; the
+    first non-finite meta-gradient stops the run, before anything after it is saved. Returns
+    the last row."""
+    metrics = jax.device_get([m for _, m in pending])
+    now = time.time() - self.t0
+    row = {}
+    for j, ((done, _), m) in enumerate(zip(pending, metrics)):
+      if not np.isfinite(m.meta_grad_norm):
+        self.flush()
+        raise FloatingPointError(f"the meta-gradient of iteration {done} is not finite; the "
+                                 f"last checkpoint in {run_dir} is intact")
+      row = {"iteration": done,
+             "seconds": round(self.last + (now - self.last) * (j + 1) / len(pending), 3),
+             "env_steps": done * self.env_steps, "meta_grad_norm": float(m.meta_grad_norm)}
+      for name, ret, eps in zip(self.names, m.return_sums, m.episodes):
+        eps = float(eps)
+        row[f"return_{name}"] = float(ret) / eps if eps > 0 else float("nan")
+      self.csv.writerow(row)
+      if self.progress is not None and j + 1 < len(pending):
+        self.progress(done, row)
+    self.last = now
+    return row  # its progress call is left to the caller, which may add the validation score
+
+  def flush(self):
+    self.file.flush()
+
+  def restart_clock(self):
+    """After the host's own work (validation, checkpoint): the next iterations start now."""
+    self.last = time.time() - self.t0
+
+  def close(self):
+    self.file.close()
+
+
+def meta_train(cfg: MetaConfig, task: TaskConfig, run_dir: str | Path, *,
+               checkpoint_every: int = 50, log_every: int = 10,
                progress: Callable[[int, dict], None] | None = None, mesh=None):
   """Meta-train (or resume) in `run_dir`; returns the final meta-parameters.
 
-  `cfg`: a `meta.MetaConfig` (A2C on gridworlds) or a `meta_ppo.PPOMetaConfig` (PPO on
-  Brax); `mesh`, a `meta.units_mesh`, splits the units over its devices."""
+  `task`: a plug-in's config (`meta.a2c.GridworldConfig`: A2C on gridworlds,
+  `meta.ppo.BraxConfig`: PPO on Brax); `mesh`, a `pipeline.units_mesh`, splits the units over
+  its devices. The device's metrics are read every `log_every` iterations;
+  `progress(iteration, row)` is called for every row of log.csv as it is written (with the
+  validation score under "validation" on validated iterations).
+  """
+  if checkpoint_every < 1 or log_every < 1:
+    raise ValueError(f"checkpoint_every and log_every must be >= 1, got {checkpoint_every} "
+                     f"and {log_every}")
+  tasks = task.tasks(cfg)
+  if cfg.validate_every > 0 and tasks.validate is None:
+    raise ValueError(f"validate_every: {type(task).__name__} has no validation")
   run_dir = Path(run_dir).absolute()
   run_dir.mkdir(parents=True, exist_ok=True)
-  _check_config(run_dir, cfg)
-  tasks = _tasks(cfg, mesh)
-  state = _initial_state(cfg, tasks)
+  _check_config(run_dir, cfg, task)
+  state = initial_state(cfg, tasks, mesh)
   manager = ocp.CheckpointManager(run_dir / "checkpoints",
                                   options=ocp.CheckpointManagerOptions(max_to_keep=2))
   if manager.latest_step() is not None:
     state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(state))
-  apply = _apply_function(cfg)
-  log_path = run_dir / "log.csv"
-  names = tasks.names
-  fields = [*LOG_FIELDS, *(f"return_{n}" for n in names)]
-  start = int(state["iteration"])
-  logged = _truncate_csv(log_path, start)
-  seconds_before = float(logged[-1]["seconds"]) if logged else 0.0  # run time up to there
+  iteration = make_iteration(cfg, tasks, mesh)
+  start = int(state.iteration)
+  logged = _truncate_csv(run_dir / "log.csv", start)
   _truncate_csv(run_dir / "validation.csv", start)
-  new_log = not log_path.exists()
-  t0 = time.time() - seconds_before
-  with open(log_path, "a", newline="") as log_file:
-    log = csv.DictWriter(log_file, fieldnames=fields)
-    if new_log:
-      log.writeheader()
+  log = _Log(run_dir / "log.csv", [t.name for t in tasks.tasks],
+             sum(t.env_steps_per_iteration for t in tasks.tasks),
+             float(logged[-1]["seconds"]) if logged else 0.0, progress)
+  pending = []  # (iteration number, its metrics on the device) not logged yet
+  try:
     for t in range(start, cfg.iterations):
-      key, *task_keys = jax.random.split(state["key"], len(tasks.steps) + 1)
-      grads, units, row = [], [], {}
-      for i, task in enumerate(tasks.steps):
-        g, u, (ret, eps) = task(state["meta"], state["units"][i], jnp.int32(t), task_keys[i])
-        grads.append(g)
-        units.append(u)
-        eps = float(eps)
-        row[f"return_{names[i]}"] = float(ret) / eps if eps > 0 else float("nan")
-      meta, opt_state, avg, norm = apply(state["meta"], state["meta_opt"], state["meta_avg"], grads)
-      if not bool(jnp.isfinite(norm)):
-        raise FloatingPointError(f"meta-gradient is not finite at iteration {t}; the last "
-                                 f"checkpoint in {run_dir} is intact")
-      state = {**state, "meta": meta, "meta_opt": opt_state, "meta_avg": avg,
-               "units": tuple(units), "iteration": jnp.int32(t + 1), "key": key}
-      row.update(iteration=t + 1, seconds=round(time.time() - t0, 3),
-                 env_steps=(t + 1) * tasks.env_steps_per_iteration,
-                 meta_grad_norm=float(norm))
-      log.writerow(row)
-      if tasks.validate is not None and ((t + 1) % cfg.validate_every == 0
-                                         or t + 1 == cfg.iterations):
+      state, metrics = iteration(state)
+      done = t + 1
+      pending.append((done, metrics))
+      validate = tasks.validate is not None and (done % cfg.validate_every == 0
+                                                 or done == cfg.iterations)
+      checkpoint = done % checkpoint_every == 0 or done == cfg.iterations
+      if not (validate or checkpoint or done % log_every == 0 or done == start + 1):
+        continue  # the first is read at once: it shows when compilation is over
+      row = log.write(pending, run_dir)
+      pending = []
+      if validate:
         state, row["validation"] = _validate(tasks, state, run_dir, cfg)
-      if (t + 1) % checkpoint_every == 0 or t + 1 == cfg.iterations:
-        log_file.flush()
-        manager.save(t + 1, args=ocp.args.StandardSave(state))
+      if checkpoint:
+        log.flush()
+        manager.save(done, args=ocp.args.StandardSave(state))
         manager.wait_until_finished()
-        save_meta_params(run_dir / "meta.npz", state["meta"], cfg.rule)
+        save_meta_params(run_dir / "meta.npz", state.meta, cfg.rule)
         if cfg.average_decay > 0:
-          save_meta_params(run_dir / "meta_avg.npz", state["meta_avg"], cfg.rule)
+          save_meta_params(run_dir / "meta_avg.npz", state.meta_avg, cfg.rule)
+      log.restart_clock()
       if progress is not None:
-        progress(t + 1, row)
-  manager.close()
-  return state["meta"]
+        progress(done, row)
+  finally:
+    log.close()
+    manager.close()
+  return state.meta

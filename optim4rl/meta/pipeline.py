@@ -9,20 +9,22 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from optim4rl.meta.config import MetaConfig
+from optim4rl.meta.tasks import Task
+
 
 def reset_offsets(units: int, interval: int):
   """r_i evenly spaced over [0, m - 1] (Section 5.1)."""
   return jnp.floor(jnp.linspace(0, interval - 1, units)).astype(jnp.int32)
 
 
-def meta_step(unit_loss, fresh_units, cfg, mesh: Mesh | None = None):
-  """`step(meta, units, t, key) -> (meta-gradient, units, (return sum, episodes))`.
+def meta_step(task: Task, cfg: MetaConfig, mesh: Mesh | None = None):
+  """`step(meta, units, t, key) -> (meta-gradient, units, (return sum, episodes))` for `task`.
 
-  `unit_loss(meta, unit) -> (outer loss, (unit after, (return sum, episodes)))`;
-  `fresh_units(keys)`: new units, one per key. Units due at t (pipeline offsets over
-  cfg.reset_interval) are replaced by fresh ones; the meta-gradient is the mean over
-  cfg.units, rescaled per cfg.max_norm. With a `mesh` (one axis "units"), each device runs
-  its block of units and the partial sums are added across devices.
+  Units due at t (pipeline offsets over cfg.reset_interval) are replaced by fresh ones made
+  from `key`; each unit takes one `task.unit_loss` iteration; the meta-gradient is the mean
+  over cfg.units, rescaled per cfg.max_norm. With a `mesh` (one axis "units"), each device
+  runs its block of units and the partial sums are added across devices.
   """
   n = cfg.units
   offsets = reset_offsets(n, cfg.reset_interval)
@@ -30,7 +32,7 @@ def meta_step(unit_loss, fresh_units, cfg, mesh: Mesh | None = None):
   def block(meta, units, fresh, due):
     units = jax.tree.map(
         lambda f, o: jnp.where(due.reshape(due.shape + (1,) * (o.ndim - 1)), f, o), fresh, units)
-    grads, (units, (ret, eps)) = jax.vmap(jax.grad(unit_loss, has_aux=True), (None, 0))(
+    grads, (units, (ret, eps)) = jax.vmap(jax.grad(task.unit_loss, has_aux=True), (None, 0))(
         meta, units)
     return (jax.tree.map(lambda g: jnp.sum(g, axis=0), grads), units,
             jnp.stack([ret.sum(), eps.sum()]))
@@ -50,7 +52,7 @@ def meta_step(unit_loss, fresh_units, cfg, mesh: Mesh | None = None):
 
   def step(meta, units, t, key):
     due = (t % cfg.reset_interval) == offsets
-    grads, units, stats = run(meta, units, fresh_units(jax.random.split(key, n)), due)
+    grads, units, stats = run(meta, units, task.fresh_units(jax.random.split(key, n)), due)
     grads = jax.tree.map(lambda g: g / n, grads)
     return rescale(grads, cfg.max_norm), units, (stats[0], stats[1])
 
@@ -60,6 +62,11 @@ def meta_step(unit_loss, fresh_units, cfg, mesh: Mesh | None = None):
 def place_units(units, mesh: Mesh | None):
   """Units laid out split over `mesh`'s devices (unchanged without a mesh)."""
   return units if mesh is None else jax.device_put(units, NamedSharding(mesh, P("units")))
+
+
+def replicate(tree, mesh: Mesh | None):
+  """`tree` replicated on every device of `mesh` (unchanged without a mesh)."""
+  return tree if mesh is None else jax.device_put(tree, NamedSharding(mesh, P()))
 
 
 def units_mesh(devices=None) -> Mesh:
@@ -76,9 +83,11 @@ def rescale(grads, max_norm: float):
 
 
 def global_norm(tree):
+  """sqrt of the sum of squares of all of `tree`'s entries."""
   return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
 
 
 def meta_optimizer(cfg: MetaConfig) -> optax.GradientTransformation:
+  """Adam on the meta-parameters, after clipping the meta-gradient's global norm."""
   parts = [optax.clip_by_global_norm(cfg.meta_grad_clip)] if cfg.meta_grad_clip > 0 else []
   return optax.chain(*parts, optax.adam(cfg.meta_lr))

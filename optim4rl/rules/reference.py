@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from optim4rl.rules.constants import (HIDDEN, L2L_P, LOG_EPS, M_SIGN_BIAS, PUBLIC_ROOT_EPS,
-                                      ROOT_EPS)
+from optim4rl.rules.constants import (EXP_L2L_P, FLT_MIN, HIDDEN, L2L_P, LOG_EPS, M_SIGN_BIAS,
+                                      PUBLIC_ROOT_EPS, ROOT_EPS)
 from optim4rl.rules.table import Rule, get_rule
 
 
@@ -41,6 +41,19 @@ def clip_gradient(g, clip: float):
   return jnp.clip(g, -clip, clip) if clip > 0 else g
 
 
+def flush_denormal(g):
+  """The denormal policy of every backend: a gradient with |g| < FLT_MIN counts as a zero of
+  its sign, so a 1e-45 gradient steps exactly as a zero one (no update in the sign-based
+  rules) instead of as the tiny positive number whose sign(g) = 1 gives a full-size step.
+
+  Written out because hardware disagrees: XLA:CPU and the C++ CPU kernel run with
+  denormals-are-zero, GPUs keep denormals. Every kernel applies it explicitly to the clipped
+  gradient (csrc/optim4rl_math.h `flush_denormal`, kernels/step.py `_rule_inputs`). Only the
+  gradient input is covered: intermediate results that underflow may flush on one backend
+  and not another, a difference below 1e-38 in absolute terms."""
+  return jnp.where(jnp.abs(g) < FLT_MIN, jnp.copysign(jnp.zeros_like(g), g), g)
+
+
 def straight_through_sign(t):
   """Forward: hard sign in {-1, 1}; backward: identity (Algorithm 1)."""
   return lax.stop_gradient(2.0 * (t >= 0).astype(t.dtype) - 1.0 - t) + t
@@ -49,7 +62,7 @@ def straight_through_sign(t):
 def step(rule: str | Rule, meta, g, h, clip: float = 1.0):
   """One learned-optimizer step: (direction (P,), new hidden (rows, P))."""
   spec = get_rule(rule)
-  g = lax.stop_gradient(clip_gradient(g, clip))
+  g = lax.stop_gradient(flush_denormal(clip_gradient(g, clip)))
   sign = jnp.sign(g)
   log_abs = jnp.log(jnp.abs(g) + LOG_EPS)
   h1 = h[:HIDDEN]
@@ -72,7 +85,7 @@ def step(rule: str | Rule, meta, g, h, clip: float = 1.0):
     scaled_log = log_abs / L2L_P
     big = scaled_log >= -1.0  # |g| >= e^-p: (log|g| / p, sign g), else (-1, e^p g)
     x = jnp.stack([jnp.where(big, scaled_log, -1.0),
-                   jnp.where(big, sign, jnp.exp(L2L_P) * g)])
+                   jnp.where(big, sign, EXP_L2L_P * g)])
     (o,), h1 = net(meta["net1"], x, h1)
     return -jnp.exp(o) * g, h1
   raise AssertionError(spec.math)

@@ -9,13 +9,16 @@ import dataclasses
 
 import numpy as np
 
-from optim4rl.rules.constants import GATES, HIDDEN, MLP_DIMS
+from optim4rl.rules.constants import GATES, HIDDEN, MLP_DIMS, NET_LEAVES
 
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
   name: str
-  kernel_id: int                       # matches `enum RuleId` in csrc/optim4rl_math.h
+  # The kernels' copies of kernel_id and nets (enum RuleId and RuleNets in
+  # csrc/optim4rl_math.h, the rule ids of kernels/step.py; its launch plan reads `nets`) are
+  # checked against these by tests/rules/test_constants.py.
+  kernel_id: int                       # which per-element math the kernels run
   nets: tuple[tuple[int, int], ...]    # (input size, output size) of each GRU+MLP net
   doc: str
   odd: bool = False  # update made odd in g: (u(g) - u(-g)) / 2, one hidden state per sign
@@ -40,18 +43,36 @@ class Rule:
     return tuple(f"net{i + 1}" for i in range(len(self.nets)))
 
   def leaf_shapes(self, net: int) -> dict:
+    """{(group, leaf): shape} of net `net`, in the flat order NET_LEAVES."""
     n_in, n_out = self.nets[net]
     h, (d1, d2) = HIDDEN, MLP_DIMS
-    return {("gru", "wx"): (n_in, GATES), ("gru", "wh"): (h, GATES),
-            ("gru", "bx"): (GATES,), ("gru", "bh"): (GATES,),
-            ("mlp", "w1"): (h, d1), ("mlp", "b1"): (d1,),
-            ("mlp", "w2"): (d1, d2), ("mlp", "b2"): (d2,),
-            ("mlp", "w3"): (d2, n_out), ("mlp", "b3"): (n_out,)}
+    shapes = {("gru", "wx"): (n_in, GATES), ("gru", "wh"): (h, GATES),
+              ("gru", "bx"): (GATES,), ("gru", "bh"): (GATES,),
+              ("mlp", "w1"): (h, d1), ("mlp", "b1"): (d1,),
+              ("mlp", "w2"): (d1, d2), ("mlp", "b2"): (d2,),
+              ("mlp", "w3"): (d2, n_out), ("mlp", "b3"): (n_out,)}
+    return {key: shapes[key] for key in NET_LEAVES}
+
+  def leaf_offsets(self, net: int) -> dict:
+    """{(group, leaf): offset} inside net `net`'s slice of the flat meta-parameter vector;
+    every kernel's layout is checked against this (tests/rules/test_constants.py)."""
+    offsets, offset = {}, 0
+    for key, shape in self.leaf_shapes(net).items():
+      offsets[key] = offset
+      offset += int(np.prod(shape))
+    return offsets
+
+  def net_size(self, net: int) -> int:
+    return sum(int(np.prod(s)) for s in self.leaf_shapes(net).values())
+
+  @property
+  def net_offsets(self) -> tuple[int, ...]:
+    """Where each net's slice starts in the flat meta-parameter vector."""
+    return tuple(sum(self.net_size(j) for j in range(i)) for i in range(len(self.nets)))
 
   @property
   def meta_size(self) -> int:
-    return sum(int(np.prod(s)) for i in range(len(self.nets))
-               for s in self.leaf_shapes(i).values())
+    return sum(self.net_size(i) for i in range(len(self.nets)))
 
 
 RULES = {

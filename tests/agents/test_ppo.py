@@ -8,6 +8,7 @@ import pytest
 import optim4rl
 from optim4rl.evaluation import gradients
 from optim4rl.meta import ppo as meta_ppo
+from optim4rl.meta.config import MetaConfig
 from optim4rl.training import ppo as train_ppo
 from optim4rl.envs import brax_tasks
 
@@ -21,9 +22,10 @@ def test_unknown_and_removed_tasks_are_refused():
     train_ppo.train("inverted_pendulum", optax.adam(1e-3), steps=10,
                     settings=train_ppo.small("inverted_pendulum", num_envs=48))
   with pytest.raises(ValueError, match="units"):
-    meta_ppo.PPOMetaConfig(task="inverted_pendulum", units=0)
+    MetaConfig(units=0)
   with pytest.raises(ValueError, match="multiple of the number of envs"):
-    meta_ppo.PPOMetaConfig(task="inverted_pendulum", envs_per_unit=3, batch_size=2)
+    meta_ppo.BraxConfig(task="inverted_pendulum", batch_size=2).settings(
+        MetaConfig(envs_per_unit=3))
 
 
 def test_every_listed_task_exists_in_brax():
@@ -87,14 +89,13 @@ def test_killed_ppo_run_resumes_to_the_same_curve(tmp_path):
 
 
 def test_meta_ppo_gradient_is_finite_and_nonzero():
-  cfg = meta_ppo.PPOMetaConfig(task="inverted_pendulum", units=2, reset_interval=2, batch_size=2,
-                               value_hidden=(8,))
-  env, s = cfg.env(), cfg.settings()
-  from optim4rl.agents import ppo
-  nets = ppo.make_networks(env, s)
-  units = meta_ppo.init_units(env, nets, cfg, jax.random.split(jax.random.key(1), cfg.units))
+  from optim4rl.meta import pipeline
+  cfg = MetaConfig(units=2, reset_interval=2)
+  task = meta_ppo.BraxConfig(task="inverted_pendulum", batch_size=2, value_hidden=(8,)).tasks(
+      cfg).tasks[0]
+  units = task.fresh_units(jax.random.split(jax.random.key(1), cfg.units))
   meta = optim4rl.init_meta_params(jax.random.key(0), cfg.rule)
-  grads, units, (ret, eps) = jax.jit(meta_ppo.make_meta_step(env, nets, cfg))(
+  grads, units, (ret, eps) = jax.jit(pipeline.meta_step(task, cfg))(
       meta, units, jnp.int32(0), jax.random.key(2))
   leaves = [np.asarray(g) for g in jax.tree.leaves(grads)]
   assert all(np.all(np.isfinite(g)) for g in leaves)

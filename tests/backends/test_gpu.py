@@ -2,8 +2,8 @@
 against the pure-JAX reference on the same GPU: forward and VJP under jit, vmap, and the
 meta-gradient through four scanned updates. Skipped unless JAX's default backend is a GPU.
 
-  python -m pytest -q tests/test_gpu.py            # everything, ~45 GB of GPU memory at most
-  python -m pytest -q tests/test_gpu.py -m "not slow"
+  python -m pytest -q tests/backends/test_gpu.py            # everything, ~45 GB GPU memory
+  python -m pytest -q tests/backends/test_gpu.py -m "not slow"
 """
 import jax
 import jax.numpy as jnp
@@ -14,7 +14,9 @@ import optim4rl
 from optim4rl import rules
 from optim4rl.rules import reference
 from optim4rl.backends import fused_step
-from conftest import RULE_NAMES, random_problem, rel_err, rl_like_gradients
+from conftest import (RULE_NAMES, assert_matches, assert_same_bits, assert_zeros_match,
+                      denormal_and_zero_gradients, random_problem, rel_err, rl_like_gradients,
+                      special_gradients)
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "gpu",
                                 reason=f"needs a GPU; JAX's backend is {jax.default_backend()}")
@@ -48,7 +50,8 @@ def test_forward_and_vjp_match_reference(backend, rule, n):
     return jnp.sum(weights * d) + 0.3 * jnp.sum(jnp.sin(h_new))
   step = jax.jit(lambda m, h, b: fused_step(spec, m, g, h, backend=b), static_argnums=2)
   want, got = step(meta, h, "reference"), step(meta, h, backend)
-  assert rel_err(got[0], want[0]) <= 1e-5 and rel_err(got[1], want[1]) <= 1e-5
+  assert_matches(got[0], want[0], 1e-5, "direction")  # elementwise math: per entry too
+  assert_matches(got[1], want[1], 1e-5, "hidden state")
   grad = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)
   want, got = grad(meta, h, "reference"), grad(meta, h, backend)
   assert rel_err(got[0], want[0]) <= _vjp_tolerance(n)
@@ -107,20 +110,41 @@ def test_backward_is_deterministic(backend):
 
 @pytest.mark.parametrize("rule", RULE_NAMES)
 def test_special_gradient_values_behave_as_reference(backend, rule):
-  # No denormals: XLA:GPU and the kernels need not agree on them (the Triton kernels count
-  # them as zero, as XLA:CPU does; see tests/backends/test_triton_interpret.py).
-  spec, meta, _, h = random_problem(rule, 11, seed=5)
-  g = jnp.array([0.0, -0.0, 1e-30, -1e-30, 1e30, -1e30, jnp.inf, -jnp.inf, jnp.nan, 0.5, -3.0],
-                jnp.float32)
+  # Denormals included: every backend applies the same explicit policy (flush_denormal).
+  spec, meta, _, h = random_problem(rule, 12, seed=5)
+  g = special_gradients()
   for clip in (1.0, 0.0):
     want = fused_step(spec, meta, g, h, clip=clip, backend="reference")
     got = fused_step(spec, meta, g, h, clip=clip, backend=backend)
-    assert rel_err(got[0], want[0]) <= 1e-5
-    assert rel_err(got[1], want[1]) <= 1e-5
+    assert_matches(got[0], want[0], 1e-5, "direction")
+    assert_matches(got[1], want[1], 1e-5, "hidden state")
+    assert_zeros_match(got[0], want[0], "direction")
 
 
-def test_triton_is_listed_on_gpu():
-  assert "triton" in optim4rl.available_backends(), optim4rl.backends.registry.triton_problem()
+@pytest.mark.parametrize("rule", RULE_NAMES)
+def test_denormal_gradients_step_as_zeros_of_their_sign(backend, rule):
+  """GPUs keep denormals: the explicit flush is what makes 1e-45 step as +0, forward and
+  backward, bit for bit."""
+  g_denormal, g_zero = denormal_and_zero_gradients()
+  spec, meta, _, h = random_problem(rule, g_zero.shape[0], seed=11)
+  d_dir = jnp.cos(jnp.arange(g_zero.shape[0], dtype=jnp.float32))
+
+  @jax.jit
+  def run(g):
+    (d, h_new), vjp = jax.vjp(lambda m, h: fused_step(spec, m, g, h, backend=backend), meta, h)
+    return (d, h_new, *vjp((d_dir, 0.3 * jnp.ones_like(h_new))))
+  got, zero = run(g_denormal), run(g_zero)
+  for name, a, b in zip(("direction", "h_new", "d_meta", "d_h"), got, zero):
+    assert_same_bits(a, b, name)
+  want = fused_step(spec, meta, g_denormal, h, backend="reference")
+  assert_matches(got[0], want[0], 1e-5, "direction")
+  assert_zeros_match(got[0], want[0], "direction")
+
+
+def test_gpu_backends_are_listed_on_gpu():
+  available = optim4rl.available_backends()
+  for name in ("cuda", "triton"):
+    assert name in available, optim4rl.backends.registry.BACKENDS[name].unavailable("gpu")
 
 
 @pytest.mark.slow

@@ -9,18 +9,12 @@ import optim4rl
 from optim4rl import rules
 from optim4rl.rules import reference
 from optim4rl.backends import fused_step
-from conftest import (RULE_NAMES, random_problem, rel_err, scanned_meta_gradients,
-                      special_gradients)
+from optim4rl.backends import registry
+from conftest import (RULE_NAMES, assert_matches, assert_same_bits, assert_zeros_match,
+                      denormal_and_zero_gradients, random_problem, rel_err,
+                      scanned_meta_gradients, special_gradients)
 
 SIZES = (1, 16, 37, 1000)
-
-
-def test_kernel_layout_matches_rules():
-  lib = optim4rl.backends.registry.cpu_library()
-  assert lib is not None
-  for spec in rules.RULES.values():
-    assert lib.meta_size(spec.kernel_id) == spec.meta_size
-    assert lib.hidden_rows(spec.kernel_id) == spec.hidden_rows
 
 
 @pytest.mark.parametrize("rule", RULE_NAMES)
@@ -29,8 +23,8 @@ def test_forward_matches_reference(kernel_backend, rule, n):
   spec, meta, g, h = random_problem(rule, n)
   want = jax.jit(lambda m, g, h: fused_step(spec, m, g, h, backend="reference"))(meta, g, h)
   got = jax.jit(lambda m, g, h: fused_step(spec, m, g, h, backend=kernel_backend))(meta, g, h)
-  assert rel_err(got[0], want[0]) <= 1e-5
-  assert rel_err(got[1], want[1]) <= 1e-5
+  assert_matches(got[0], want[0], 1e-5, "direction")
+  assert_matches(got[1], want[1], 1e-5, "hidden state")
 
 
 def _loss(spec, backend, n):
@@ -48,8 +42,8 @@ def test_vjp_matches_reference_grad(kernel_backend, rule, n):
   spec, meta, g, h = random_problem(rule, n, seed=1)
   want = jax.jit(jax.grad(_loss(spec, "reference", n), argnums=(0, 1, 2)))(meta, h, g)
   got = jax.jit(jax.grad(_loss(spec, kernel_backend, n), argnums=(0, 1, 2)))(meta, h, g)
-  assert rel_err(got[0], want[0]) <= 1e-4
-  assert rel_err(got[1], want[1]) <= 1e-4
+  assert_matches(got[0], want[0], 1e-4, "meta-gradient")
+  assert_matches(got[1], want[1], 1e-4, "hidden-state gradient")
   # Gradients are stop-gradient inputs in both.
   assert not np.any(np.asarray(got[2])) and not np.any(np.asarray(want[2]))
 
@@ -59,7 +53,7 @@ def test_grad_through_four_scanned_updates(kernel_backend, rule):
   """The meta-gradient path: grad w.r.t. meta of a loss after M = 4 inner updates."""
   got, want, flat = scanned_meta_gradients(rule, kernel_backend)
   assert np.any(np.asarray(flat(want)) != 0)
-  assert rel_err(flat(got), flat(want)) <= 1e-4
+  assert_matches(flat(got), flat(want), 1e-4, "meta-gradient")
 
 
 @pytest.mark.parametrize("rule", ["optim4rl_public", "linear_optim", "l2lgd2"])
@@ -89,8 +83,7 @@ def test_straight_through_sign_follows_its_definition(kernel_backend):
   # b3[0] shifts o1 of every element by the same amount: d direction_i / d b3[0] is
   # -sign * exp(o2) * q * (1 - tanh^2) under the straight-through rule.
   expected = jnp.sum(-sign * jnp.exp(o[1]) * q * (1 - t * t))
-  index = rules.RULES["optim4rl"].leaf_shapes(0)  # offset of net1/mlp/b3 in the flat vector
-  offset = sum(int(np.prod(s)) for k, s in index.items() if k != ("mlp", "b3"))
+  offset = spec.leaf_offsets(0)[("mlp", "b3")]  # net1/mlp/b3 in the flat vector
   for backend in ("reference", kernel_backend):
     d, _ = fused_step(spec, meta_flat, g, h, backend=backend)
     assert rel_err(d, direction) <= 1e-5
@@ -129,11 +122,37 @@ def test_special_gradient_values_behave_as_reference(kernel_backend, rule):
   for clip in (1.0, 0.0):
     want = fused_step(spec, meta, g, h, clip=clip, backend="reference")
     got = fused_step(spec, meta, g, h, clip=clip, backend=kernel_backend)
-    assert rel_err(got[0], want[0]) <= 1e-5
-    assert rel_err(got[1], want[1]) <= 1e-5
+    assert_matches(got[0], want[0], 1e-5, "direction")
+    assert_matches(got[1], want[1], 1e-5, "hidden state")
+    assert_zeros_match(got[0], want[0], "direction")
   # Zero gradients give zero updates in the sign-based rules.
   if rule in ("optim4rl", "optim4rl_public", "l2lgd2"):
     assert float(got[0][0]) == 0.0
+
+
+@pytest.mark.parametrize("rule", RULE_NAMES)
+@pytest.mark.parametrize("clip", [1.0, 0.0])
+def test_denormal_gradients_step_as_zeros_of_their_sign(kernel_backend, rule, clip):
+  """The denormal policy (reference.flush_denormal): forward and backward are bit for bit
+  those of zero gradients of the same signs, and match the reference."""
+  g_denormal, g_zero = denormal_and_zero_gradients()
+  spec, meta, _, h = random_problem(rule, g_zero.shape[0], seed=11)
+  d_dir = jnp.cos(jnp.arange(g_zero.shape[0], dtype=jnp.float32))
+
+  def run(g, backend):
+    (d, h_new), vjp = jax.vjp(lambda m, h: fused_step(spec, m, g, h, clip=clip, backend=backend),
+                              meta, h)
+    return (d, h_new, *vjp((d_dir, 0.3 * jnp.ones_like(h_new))))
+  run = jax.jit(run, static_argnums=1)
+  got, zero, want = run(g_denormal, kernel_backend), run(g_zero, kernel_backend), \
+      run(g_denormal, "reference")
+  for name, a, b in zip(("direction", "h_new", "d_meta", "d_h"), got, zero):
+    assert_same_bits(a, b, name)
+  assert_matches(got[0], want[0], 1e-5, "direction")
+  assert_matches(got[1], want[1], 1e-5, "hidden state")
+  assert_zeros_match(got[0], want[0], "direction")
+  assert_matches(got[2], want[2], 1e-4, "meta-gradient")
+  assert_matches(got[3], want[3], 1e-4, "hidden-state gradient")
 
 
 def test_scan_of_kernel_equals_reference(kernel_backend):
@@ -146,7 +165,8 @@ def test_scan_of_kernel_equals_reference(kernel_backend):
       return h, d
     return jax.jit(lambda h: jax.lax.scan(body, h, gs))(h)
   (h_k, d_k), (h_r, d_r) = run(kernel_backend), run("reference")
-  assert rel_err(d_k, d_r) <= 1e-5 and rel_err(h_k, h_r) <= 1e-5
+  assert_matches(d_k, d_r, 1e-5, "directions")
+  assert_matches(h_k, h_r, 1e-5, "hidden state")
 
 
 def test_backward_is_deterministic(kernel_backend):
@@ -163,3 +183,68 @@ def test_empty_gradients(kernel_backend):
   assert d.shape == (0,) and h_new.shape == (16, 0)
   grad = jax.grad(lambda m: jnp.sum(fused_step(spec, m, g, h, backend=kernel_backend)[0]))(meta)
   assert not np.any(np.asarray(grad))
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+def test_registry_records():
+  for name, b in registry.BACKENDS.items():
+    assert b.name == name and callable(b.forward) and callable(b.unavailable)
+    assert (b.backward is None) == (name == "reference")  # only JAX differentiates itself
+  assert registry.KNOWN_BACKENDS == tuple(registry.BACKENDS)
+  assert optim4rl.available_backends("cpu") == ("reference", "cpu")
+  assert optim4rl.resolve_backend(None, "cpu") == "cpu"
+  assert "cuda" not in optim4rl.available_backends("cpu")
+  assert "cpu" not in optim4rl.available_backends("gpu")
+
+
+def test_resolve_backend_errors_say_why():
+  with pytest.raises(ValueError, match="unknown backend 'tpu-kernel'"):
+    optim4rl.resolve_backend("tpu-kernel", "cpu")
+  with pytest.raises(ValueError, match="'triton' cannot run here: it runs on GPUs.*is cpu"):
+    optim4rl.resolve_backend("triton", "cpu")
+  with pytest.raises(ValueError, match="'cpu' cannot run here: it runs on CPU, the platform"):
+    optim4rl.resolve_backend("cpu", "gpu")
+  with pytest.raises(ValueError, match="has no kernel in this build"):
+    fused_step(rules.get_rule("l2lgd2"), jnp.zeros((721,)), jnp.zeros((3,)),
+               jnp.zeros((8, 3)), backend="tpu-kernel")
+
+
+def test_fused_step_dispatches_through_the_registry(monkeypatch):
+  """A backend added to the registry is used by fused_step, its backward by the VJP: there
+  is no other list of backends."""
+  calls = []
+  ref = registry.BACKENDS["reference"]
+
+  def forward(rule, clip, meta, g, h):
+    calls.append("forward")
+    return ref.forward(rule, clip, meta, g, h)
+
+  def backward(rule, clip, meta, g, h, d_dir, d_h):
+    calls.append("backward")
+    _, vjp = jax.vjp(lambda m, h: ref.forward(rule, clip, m, g, h), meta, h)
+    return vjp((d_dir, d_h))
+  fake = registry.Backend("fake", ("cpu",), lambda platform: None, forward, backward, 9)
+  monkeypatch.setitem(registry.BACKENDS, "fake", fake)
+  assert "fake" in optim4rl.available_backends("cpu")
+  spec, meta, g, h = random_problem("l2lgd2", 5)
+  grad = jax.grad(lambda m: jnp.sum(fused_step(spec, m, g, h, backend="fake")[0]))(meta)
+  want = jax.grad(lambda m: jnp.sum(fused_step(spec, m, g, h, backend="reference")[0]))(meta)
+  assert calls == ["forward", "backward"]
+  np.testing.assert_array_equal(grad, want)
+
+
+@pytest.mark.skipif(registry.cuda_library() is None,
+                    reason="CUDA library not built (no nvcc at install time)")
+@pytest.mark.parametrize("rule", RULE_NAMES)
+def test_cuda_custom_calls_lower_for_cuda(rule):
+  """The cuda backend's forward and backward become its FFI custom calls, with the rule's
+  kernel id, when lowered for CUDA (no GPU needed)."""
+  spec = rules.get_rule(rule)
+  flat = rules.flatten_meta(optim4rl.init_meta_params(jax.random.key(0), rule), spec)
+  g, h = denormal_and_zero_gradients()[0], jnp.zeros((spec.hidden_rows, 12))
+  loss = lambda m, h: jnp.sum(fused_step(spec, m, g, h, backend="cuda")[0])
+  text = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).trace(flat, h).lower(
+      lowering_platforms=("cuda",)).as_text()
+  assert "optim4rl_cuda_forward" in text and "optim4rl_cuda_backward" in text
+  assert f"rule = {spec.kernel_id} : i32" in text

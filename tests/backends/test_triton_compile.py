@@ -26,7 +26,7 @@ def _compile(kernel, arg_types, constexprs, num_warps):
 def test_kernels_compile_for_sm90(rule):
   ks = importlib.import_module("optim4rl.kernels")
   spec, cfg = rules.get_rule(rule), ks.DEFAULT_CONFIG
-  const = dict(RULE=spec.kernel_id, ROWS=spec.hidden_rows, K=spec.meta_size)
+  const = ks.rule_constexprs(spec)
   ptr, i32 = "*fp32", "i32"
   forward = _compile(ks.forward_kernel,
                      dict(meta_ptr=ptr, g_ptr=ptr, h_ptr=ptr, P=i32, clip="fp32", n_blocks=i32,

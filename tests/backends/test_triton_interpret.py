@@ -1,5 +1,5 @@
-"""Runs tests/backends/triton_interpret_cases.py (the Triton kernels in Triton's CPU interpreter, with
-torch tensors) in a fresh pytest process with TRITON_INTERPRET=1: triton reads it when it is
+"""Runs tests/backends/triton_interpret_cases.py (the Triton kernels in Triton's CPU interpreter,
+with torch tensors) in a fresh pytest process with TRITON_INTERPRET=1: triton reads it when it is
 imported, and this process may already hold compiled-mode triton (test_triton_compile.py,
 the GPU backends). Also: the "triton" backend is refused off GPUs with a clear error."""
 import os

@@ -28,7 +28,8 @@ from optim4rl.backends import fused_step  # noqa: E402
 from optim4rl.backends import triton_launch as triton_backend  # noqa: E402
 from optim4rl.rules import reference  # noqa: E402
 from optim4rl.kernels import step as kernels  # noqa: E402
-from conftest import (RULE_NAMES, random_problem, rel_err,  # noqa: E402
+from conftest import (RULE_NAMES, assert_matches, assert_same_bits,  # noqa: E402
+                      assert_zeros_match, denormal_and_zero_gradients, random_problem,
                       scanned_meta_gradients, special_gradients)
 
 # Small blocks so that small problems still span several blocks, several blocks per
@@ -75,13 +76,13 @@ def test_forward_and_backward_match_reference(ks, rule, n):
   cfg = ks.Config(**SMALL)
   args = [np.asarray(x)[None] for x in (meta, g, h)]
   d, h_new = ks.forward(torch_launch, spec, *args, 1.0, 1, n, cfg)
-  assert rel_err(d[0], want_d) <= 1e-5
-  assert rel_err(h_new[0], want_h) <= 1e-5
+  assert_matches(d[0], want_d, 1e-5, "direction")
+  assert_matches(h_new[0], want_h, 1e-5, "hidden state")
   d_meta, d_h = ks.backward(torch_launch, spec, *args, np.asarray(d_dir)[None],
                             np.asarray(d_h_new)[None], 1.0, 1, n, cfg)
   assert np.any(d_meta != 0)
-  assert rel_err(d_meta[0], want_dmeta) <= 1e-4
-  assert rel_err(d_h[0], want_dh) <= 1e-4
+  assert_matches(d_meta[0], want_dmeta, 1e-4, "meta-gradient")
+  assert_matches(d_h[0], want_dh, 1e-4, "hidden-state gradient")
 
 
 @pytest.mark.parametrize("rule", ["optim4rl", "linear_optim"])
@@ -98,8 +99,10 @@ def test_default_config_and_batch_of_different_problems(ks, rule):
   d_meta, d_h = ks.backward(torch_launch, spec, meta, g, h, d_dir, d_h_new, 1.0, 2, n)
   for b in range(2):
     want = _reference_vjp(spec, meta[b], g[b], h[b], d_dir[b], d_h_new[b])
-    assert rel_err(d[b], want[0]) <= 1e-5 and rel_err(h_new[b], want[1]) <= 1e-5
-    assert rel_err(d_meta[b], want[2]) <= 1e-4 and rel_err(d_h[b], want[3]) <= 1e-4
+    assert_matches(d[b], want[0], 1e-5, "direction")
+    assert_matches(h_new[b], want[1], 1e-5, "hidden state")
+    assert_matches(d_meta[b], want[2], 1e-4, "meta-gradient")
+    assert_matches(d_h[b], want[3], 1e-4, "hidden-state gradient")
 
 
 @pytest.mark.parametrize("rule", RULE_NAMES)
@@ -110,10 +113,39 @@ def test_special_gradient_values_behave_as_reference(ks, rule):
     want = reference.step(spec, rules.unflatten_meta(meta, spec), g, h, clip)
     got = ks.forward(torch_launch, spec, *[np.asarray(x)[None] for x in (meta, g, h)], clip, 1,
                      12, ks.Config(**SMALL))
-    assert rel_err(got[0][0], want[0]) <= 1e-5
-    assert rel_err(got[1][0], want[1]) <= 1e-5
+    assert_matches(got[0][0], want[0], 1e-5, "direction")
+    assert_matches(got[1][0], want[1], 1e-5, "hidden state")
+    assert_zeros_match(got[0][0], want[0], "direction")
   if rule in ("optim4rl", "optim4rl_public", "l2lgd2"):  # zero gradient: zero update
     assert got[0][0, 0] == 0.0
+
+
+@pytest.mark.parametrize("rule", RULE_NAMES)
+def test_denormal_gradients_step_as_zeros_of_their_sign(ks, rule):
+  """The denormal policy (reference.flush_denormal), in plain IEEE floats (the interpreter
+  keeps denormals): forward and backward bit for bit those of signed zero gradients, and
+  as the reference."""
+  g_denormal, g_zero = denormal_and_zero_gradients()
+  n = g_zero.shape[0]
+  spec, meta, _, h = random_problem(rule, n, seed=11)
+  d_dir, d_h_new = _cotangents(n, spec.hidden_rows, seed=11)
+  cfg = ks.Config(**SMALL)
+  for clip in (1.0, 0.0):
+    def run(g):
+      args = [np.asarray(x)[None] for x in (meta, g, h)]
+      fwd = ks.forward(torch_launch, spec, *args, clip, 1, n, cfg)
+      bwd = ks.backward(torch_launch, spec, *args, np.asarray(d_dir)[None],
+                        np.asarray(d_h_new)[None], clip, 1, n, cfg)
+      return [x[0] for x in fwd + bwd]
+    got, zero = run(g_denormal), run(g_zero)
+    for name, a, b in zip(("direction", "h_new", "d_meta", "d_h"), got, zero):
+      assert_same_bits(a, b, name)
+    want = _reference_vjp(spec, meta, g_denormal, h, d_dir, d_h_new, clip)
+    assert_matches(got[0], want[0], 1e-5, "direction")
+    assert_matches(got[1], want[1], 1e-5, "hidden state")
+    assert_zeros_match(got[0], want[0], "direction")
+    assert_matches(got[2], want[2], 1e-4, "meta-gradient")
+    assert_matches(got[3], want[3], 1e-4, "hidden-state gradient")
 
 
 # ----------------------------------------------------------------------------- JAX wiring
@@ -164,12 +196,13 @@ def test_jit_vmap_and_nested_vmap(triton_on_cpu):
   for in_axes, args in cases:
     got = jax.jit(jax.vmap(step("triton"), in_axes=in_axes))(*args)
     want = jax.vmap(step("reference"), in_axes=in_axes)(*args)
-    assert rel_err(got[0], want[0]) <= 1e-5 and rel_err(got[1], want[1]) <= 1e-5
+    assert_matches(got[0], want[0], 1e-5, f"direction, in_axes={in_axes}")
+    assert_matches(got[1], want[1], 1e-5, f"hidden state, in_axes={in_axes}")
   nested = jax.jit(jax.vmap(jax.vmap(step("triton"), in_axes=(None, 0, 0))))
   got = nested(metas, gs.reshape(3, 1, 40), hs.reshape(3, 1, *hs.shape[1:]))
   want = jax.vmap(step("reference"))(metas, gs, hs)
-  assert rel_err(got[0].reshape(3, 40), want[0]) <= 1e-5
-  assert rel_err(got[1].reshape(hs.shape), want[1]) <= 1e-5
+  assert_matches(got[0].reshape(3, 40), want[0], 1e-5, "nested vmap: direction")
+  assert_matches(got[1].reshape(hs.shape), want[1], 1e-5, "nested vmap: hidden state")
 
 
 def test_grad_of_vmapped_loss_and_of_hidden_state(triton_on_cpu):
@@ -182,7 +215,8 @@ def test_grad_of_vmapped_loss_and_of_hidden_state(triton_on_cpu):
     return jnp.sum(jnp.cos(jnp.arange(30.0)) * d) + 0.3 * jnp.sum(jnp.sin(h_new))
   got = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)(meta, hs, "triton")
   want = jax.grad(loss, argnums=(0, 1))(meta, hs, "reference")
-  assert rel_err(got[0], want[0]) <= 1e-4 and rel_err(got[1], want[1]) <= 1e-4
+  assert_matches(got[0], want[0], 1e-4, "meta-gradient")
+  assert_matches(got[1], want[1], 1e-4, "hidden-state gradient")
 
 
 @pytest.mark.parametrize("rule", ["optim4rl", "linear_optim"])
@@ -190,7 +224,7 @@ def test_grad_through_four_scanned_updates(triton_on_cpu, rule):
   """The meta-gradient path through the optax API, as in test_fused.py."""
   got, want, flat = scanned_meta_gradients(rule, "triton", size=24)
   assert np.any(np.asarray(flat(want)) != 0)
-  assert rel_err(flat(got), flat(want)) <= 1e-4
+  assert_matches(flat(got), flat(want), 1e-4, "meta-gradient")
 
 
 def test_empty_problem_skips_the_kernels(triton_on_cpu):

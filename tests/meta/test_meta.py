@@ -11,10 +11,12 @@ import pytest
 import optim4rl
 from optim4rl.meta import a2c as M
 from optim4rl.meta import pipeline
+from optim4rl.meta.config import MetaConfig
 from optim4rl.meta.loop import meta_train
+from optim4rl.meta.tasks import Task, Tasks
 
-TINY = M.MetaConfig(worlds=("small_dense_short",), agent_lrs=(1e-2,), units=4, envs_per_unit=2,
-                    reset_interval=4, iterations=4, seed=0)
+CFG = MetaConfig(units=4, envs_per_unit=2, reset_interval=4, iterations=4, seed=0)
+GRID = M.GridworldConfig(worlds=("small_dense_short",), agent_lrs=(1e-2,))
 
 
 def test_reset_offsets_evenly_spaced():
@@ -25,76 +27,85 @@ def test_reset_offsets_evenly_spaced():
 
 def test_config_errors():
   with pytest.raises(ValueError, match="unknown gridworld"):
-    M.MetaConfig(worlds=("nowhere",))
+    M.GridworldConfig(worlds=("nowhere",))
   with pytest.raises(ValueError, match="one per world"):
-    M.MetaConfig(worlds=("small_dense_short", "big_dense_long"), agent_lrs=(1e-2, 1e-3, 1e-4))
+    M.GridworldConfig(worlds=("small_dense_short", "big_dense_long"),
+                      agent_lrs=(1e-2, 1e-3, 1e-4))
   with pytest.raises(ValueError, match="unknown rule"):
-    M.MetaConfig(rule="adam")
+    MetaConfig(rule="adam")
   with pytest.raises(ValueError, match="units"):
-    M.MetaConfig(units=0)
-  assert M.MetaConfig(worlds=("small_dense_short", "big_dense_long"),
-                      agent_lrs=(1e-2,)).world(0).reward_scale == 100.0
+    MetaConfig(units=0)
+  assert M.GridworldConfig(worlds=("small_dense_short", "big_dense_long"),
+                           agent_lrs=(1e-2,)).world(0).reward_scale == 100.0
 
 
-def _units(cfg, world, seed=0):
-  return jax.vmap(lambda k: M.init_unit(world, cfg.rule, cfg.envs_per_unit, k))(
-      jax.random.split(jax.random.PRNGKey(seed), cfg.units))
+def _same(a, b) -> bool:
+  return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def test_pipeline_resets_only_the_units_due():
-  cfg, world = TINY, TINY.world(0)
+  cfg = dataclasses.replace(CFG, reset_interval=8)  # offsets 0, 2, 4, 7
+  task = M.world_task(cfg, GRID, 0)
   meta = optim4rl.init_meta_params(jax.random.key(0), cfg.rule)
-  units = _units(cfg, world)
-  units = units._replace(opt_state=units.opt_state._replace(
-      count=jnp.full((cfg.units,), 4, jnp.int32)))  # as if each had taken 4 updates
-  t = 6  # 6 mod 4 == 2: only unit 2 starts afresh, from the reset key's unit 2
-  _, after, _ = M.task_meta_gradient(meta, units, jnp.int32(t), jax.random.PRNGKey(9), world,
-                                     cfg, 1e-2)
-  counts = np.asarray(after.opt_state.count)
-  assert counts.tolist() == [8, 8, 4, 8]  # M = 4 updates, on top of 4 earlier ones unless reset
+  step = jax.jit(pipeline.meta_step(task, cfg))
+  key = jax.random.PRNGKey(9)
+  units = task.fresh_units(jax.random.split(jax.random.PRNGKey(0), cfg.units))
+  fresh = task.fresh_units(jax.random.split(key, cfg.units))  # what a reset at `key` makes
+  _, none_due, _ = step(meta, units, jnp.int32(9), key)  # 9 mod 8 == 1: no unit is due
+  _, due, _ = step(meta, units, jnp.int32(10), key)      # 10 mod 8 == 2: unit 1 is due
+  _, from_fresh, _ = step(meta, fresh, jnp.int32(9), key)
+  unit = lambda tree, i: jax.tree.map(lambda x: x[i], tree)
+  for i in range(cfg.units):
+    expected = from_fresh if i == 1 else none_due
+    assert _same(unit(due, i), unit(expected, i)), i
+  assert not _same(unit(due, 1), unit(none_due, 1))
 
 
 def test_outer_loss_is_the_configured_a2c_term(monkeypatch):
-  world = TINY.world(0)
-  meta = optim4rl.init_meta_params(jax.random.key(0), TINY.rule)
-  unit = M.init_unit(world, TINY.rule, TINY.envs_per_unit, jax.random.PRNGKey(5))
+  meta = optim4rl.init_meta_params(jax.random.key(0), CFG.rule)
+  unit = M.world_task(CFG, GRID, 0).fresh_units(jax.random.split(jax.random.PRNGKey(5), 1))
+  unit = jax.tree.map(lambda x: x[0], unit)
   terms = []  # every a2c.losses call; the last is the outer loss's, on the next rollout
   losses = M.a2c.losses
   monkeypatch.setattr(M.a2c, "losses", lambda *a, **k: terms.append(losses(*a, **k)) or terms[-1])
   for name in M.OUTER_LOSSES:
-    cfg = dataclasses.replace(TINY, outer_loss=name)
-    outer, _ = M.unit_meta_loss(meta, unit, world, cfg, 1e-2)
+    task = M.world_task(CFG, dataclasses.replace(GRID, outer_loss=name), 0)
+    outer, _ = task.unit_loss(meta, unit)
     assert float(outer) == float(terms[-1][name])
   assert float(terms[-1]["total"]) != float(terms[-1]["actor"])
   with pytest.raises(ValueError, match="unknown outer loss"):
-    dataclasses.replace(TINY, outer_loss="critic")
+    dataclasses.replace(GRID, outer_loss="critic")
 
 
 def test_agent_schedule_decays_steps_over_a_units_life():
-  world = TINY.world(0)
-  meta = optim4rl.init_meta_params(jax.random.key(0), TINY.rule)
-  unit = M.init_unit(world, TINY.rule, TINY.envs_per_unit, jax.random.PRNGKey(5))
-  life = TINY.reset_interval * TINY.inner_updates
-  spent = unit._replace(opt_state=unit.opt_state._replace(count=jnp.int32(life)))
-  moved = lambda cfg, u: max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
-      jax.tree.leaves(M.unit_meta_loss(meta, u, world, cfg, 1e-2)[1][0].params),
-      jax.tree.leaves(u.params)))
-  linear = dataclasses.replace(TINY, agent_schedule="linear")
-  assert moved(linear, spent) == 0.0  # at the end of its life a unit's steps are 0
-  assert moved(linear, unit) > 0.0 and moved(TINY, spent) > 0.0
+  meta = optim4rl.init_meta_params(jax.random.key(0), CFG.rule)
+
+  def moves(grid):  # how far a unit's parameters move in its first and its last+1 iteration
+    task = M.world_task(CFG, grid, 0)
+    iterate = jax.jit(lambda u: task.unit_loss(meta, u)[1][0])
+    moved = lambda u: max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
+        jax.tree.leaves(iterate(u).params), jax.tree.leaves(u.params)))
+    unit = jax.tree.map(lambda x: x[0], task.fresh_units(jax.random.split(jax.random.key(5), 1)))
+    first = moved(unit)
+    for _ in range(CFG.reset_interval):  # a whole life: reset_interval x M updates
+      unit = iterate(unit)
+    return first, moved(unit)
+
+  first, spent = moves(dataclasses.replace(GRID, agent_schedule="linear"))
+  assert first > 0.0 and spent == 0.0  # at the end of its life a unit's steps are 0
+  assert moves(GRID)[1] > 0.0
   with pytest.raises(ValueError, match="unknown agent schedule"):
-    dataclasses.replace(TINY, agent_schedule="cosine")
+    dataclasses.replace(GRID, agent_schedule="cosine")
 
 
 def test_meta_gradient_same_on_every_backend():
-  cfg, world = TINY, TINY.world(0)
-  meta = optim4rl.init_meta_params(jax.random.key(1), cfg.rule)
-  units = _units(cfg, world)
+  meta = optim4rl.init_meta_params(jax.random.key(1), CFG.rule)
+  units = M.world_task(CFG, GRID, 0).fresh_units(jax.random.split(jax.random.PRNGKey(0), CFG.units))
   grads = {}
   for backend in optim4rl.available_backends():
-    c = dataclasses.replace(cfg, backend=backend)
-    g, _, _ = jax.jit(lambda m, u: M.task_meta_gradient(m, u, jnp.int32(1), jax.random.PRNGKey(3),
-                                                        world, c, 1e-2))(meta, units)
+    cfg = dataclasses.replace(CFG, backend=backend)
+    step = pipeline.meta_step(M.world_task(cfg, GRID, 0), cfg)
+    g, _, _ = jax.jit(lambda m, u: step(m, u, jnp.int32(1), jax.random.PRNGKey(3)))(meta, units)
     grads[backend] = optim4rl.flatten_meta(g, cfg.rule)
   ref = grads.pop("reference")
   assert float(jnp.linalg.norm(ref)) > 0
@@ -104,26 +115,64 @@ def test_meta_gradient_same_on_every_backend():
 
 
 def test_killed_run_resumes_exactly(tmp_path):
-  whole = meta_train(dataclasses.replace(TINY, iterations=4), tmp_path / "whole",
+  whole = meta_train(dataclasses.replace(CFG, iterations=4), GRID, tmp_path / "whole",
                      checkpoint_every=2)
-  meta_train(dataclasses.replace(TINY, iterations=2), tmp_path / "split", checkpoint_every=2)
-  resumed = meta_train(dataclasses.replace(TINY, iterations=4), tmp_path / "split",
-                       checkpoint_every=2)
+  meta_train(dataclasses.replace(CFG, iterations=2), GRID, tmp_path / "split", checkpoint_every=2)
+  resumed = meta_train(dataclasses.replace(CFG, iterations=4), GRID, tmp_path / "split",
+                       checkpoint_every=2, log_every=3)  # read at other iterations: same run
   for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  rows = (tmp_path / "split" / "log.csv").read_text().strip().splitlines()
-  assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
+  logs = [(tmp_path / run / "log.csv").read_text().strip().splitlines() for run in
+          ("whole", "split")]
+  assert [r.split(",")[0] for r in logs[1][1:]] == ["1", "2", "3", "4"]
+  without_seconds = lambda rows: [r.split(",")[:1] + r.split(",")[2:] for r in rows]
+  assert without_seconds(logs[0]) == without_seconds(logs[1])
   loaded, rule = optim4rl.load_meta_params(tmp_path / "split" / "meta.npz")
-  assert rule == TINY.rule
+  assert rule == CFG.rule
   np.testing.assert_array_equal(optim4rl.flatten_meta(loaded, rule),
                                 optim4rl.flatten_meta(resumed, rule))
-  with pytest.raises(ValueError, match="another configuration"):
-    meta_train(dataclasses.replace(TINY, units=8), tmp_path / "split")
+  with pytest.raises(ValueError, match="another configuration.*units"):
+    meta_train(dataclasses.replace(CFG, units=8), GRID, tmp_path / "split")
+  with pytest.raises(ValueError, match="another configuration.*agent_lrs"):
+    meta_train(CFG, dataclasses.replace(GRID, agent_lrs=(2e-2,)), tmp_path / "split")
+
+
+@dataclasses.dataclass(frozen=True)
+class Toy:
+  """A task plug-in without agents: a unit counts its iterations, its loss is |meta|^2; from
+  iteration `nan_from` on (if > 0) the loss is nan."""
+  nan_from: int = 0
+
+  def tasks(self, cfg):
+    def unit_loss(meta, count):
+      loss = sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(meta))
+      loss = loss * jnp.where((self.nan_from > 0) & (count + 1 >= self.nan_from), jnp.nan, 1.0)
+      return loss, (count + 1, (jnp.float32(1), jnp.float32(1)))
+    fresh = lambda keys: jnp.zeros(keys.shape[0], jnp.int32)
+    return Tasks((Task("toy", unit_loss, fresh, cfg.units),))
+
+
+def test_the_loop_runs_any_plugin_and_stops_at_a_non_finite_meta_gradient(tmp_path):
+  cfg = dataclasses.replace(CFG, reset_interval=100)  # no resets after the first iteration
+  meta_train(cfg, Toy(), tmp_path / "fine")
+  rows = (tmp_path / "fine" / "log.csv").read_text().strip().splitlines()
+  assert rows[0].endswith("return_toy") and len(rows) == 5
+  with pytest.raises(FloatingPointError, match="iteration 3 is not finite"):
+    meta_train(cfg, Toy(nan_from=3), tmp_path / "nan", checkpoint_every=2, log_every=10)
+  assert [p.name for p in (tmp_path / "nan" / "checkpoints").iterdir()] == ["2"]
+  rows = (tmp_path / "nan" / "log.csv").read_text().strip().splitlines()
+  assert [r.split(",")[0] for r in rows[1:]] == ["1", "2"]
+  saved, rule = optim4rl.load_meta_params(tmp_path / "nan" / "meta.npz")
+  assert np.all(np.isfinite(optim4rl.flatten_meta(saved, rule)))
+  with pytest.raises(ValueError, match="another configuration.*nan_from"):
+    meta_train(cfg, Toy(), tmp_path / "nan")
+  with pytest.raises(ValueError, match="a Toy run, not a GridworldConfig"):
+    meta_train(cfg, GRID, tmp_path / "nan")
 
 
 def test_moving_average_of_meta_parameters(tmp_path):
-  cfg = dataclasses.replace(TINY, iterations=1, average_decay=0.25)
-  meta_train(cfg, tmp_path)
+  cfg = dataclasses.replace(CFG, iterations=1, average_decay=0.25)
+  meta_train(cfg, GRID, tmp_path)
   meta1, rule = optim4rl.load_meta_params(tmp_path / "meta.npz")
   avg, _ = optim4rl.load_meta_params(tmp_path / "meta_avg.npz")
   k_meta, _ = jax.random.split(jax.random.PRNGKey(cfg.seed))
@@ -133,11 +182,12 @@ def test_moving_average_of_meta_parameters(tmp_path):
   np.testing.assert_allclose(flat(avg), 0.25 * flat(meta0) + 0.75 * flat(meta1), rtol=1e-6,
                              atol=1e-7)
   with pytest.raises(ValueError, match="average_decay"):
-    dataclasses.replace(TINY, average_decay=1.0)
+    dataclasses.replace(CFG, average_decay=1.0)
 
 
-VALIDATED = dataclasses.replace(TINY, validate_every=2, validate_seeds=2,
-                                validate_steps=512 * 20 * 12)  # 12 updates of 512 worlds
+VALIDATED = dataclasses.replace(CFG, validate_every=2)
+VALIDATED_GRID = dataclasses.replace(GRID, validate_seeds=2,
+                                     validate_steps=512 * 20 * 12)  # 12 updates of 512 worlds
 
 
 @pytest.mark.parametrize("schedule", ["constant", "linear"])
@@ -145,15 +195,15 @@ def test_validation_scores_as_evaluation_does(schedule):
   from optim4rl.schedules import scheduled
   from optim4rl.training.curve import final_returns
   from optim4rl.training.a2c import optimizer_updates, train
-  cfg = dataclasses.replace(VALIDATED, agent_schedule=schedule)
-  meta = optim4rl.init_meta_params(jax.random.key(2), cfg.rule)
-  tx = optim4rl.learned_optimizer(meta, rule=cfg.rule, learning_rate=cfg.agent_lr(0),
-                                  clip=cfg.clip)
-  tx = scheduled(tx, schedule, optimizer_updates(cfg.validate_steps, chunks=12))
-  curve = train(cfg.world(0), tx, steps=cfg.validate_steps, seeds=range(M.VALIDATION_SEED,
-                M.VALIDATION_SEED + cfg.validate_seeds), chunks=12)
+  grid = dataclasses.replace(VALIDATED_GRID, agent_schedule=schedule)
+  meta = optim4rl.init_meta_params(jax.random.key(2), VALIDATED.rule)
+  tx = optim4rl.learned_optimizer(meta, rule=VALIDATED.rule, learning_rate=grid.agent_lr(0),
+                                  clip=VALIDATED.clip)
+  tx = scheduled(tx, schedule, optimizer_updates(grid.validate_steps, chunks=12))
+  curve = train(grid.world(0), tx, steps=grid.validate_steps, seeds=range(M.VALIDATION_SEED,
+                M.VALIDATION_SEED + grid.validate_seeds), chunks=12)
   expected = final_returns(curve)
-  got = np.asarray(M.validation_returns(cfg)(meta))
+  got = np.asarray(M.validation_returns(VALIDATED, grid)(meta))
   assert np.all(np.isfinite(expected))
   np.testing.assert_allclose(got, expected, rtol=1e-5)
 
@@ -168,16 +218,17 @@ def test_final_return_skips_updates_without_episodes():
 
 
 def test_validation_keeps_the_best_and_resumes(tmp_path):
-  half = meta_train(dataclasses.replace(VALIDATED, iterations=2), tmp_path / "split",
-                    checkpoint_every=2)
-  meta_train(VALIDATED, tmp_path / "split", checkpoint_every=2)
-  whole = meta_train(VALIDATED, tmp_path / "whole", checkpoint_every=4)
+  half = meta_train(dataclasses.replace(VALIDATED, iterations=2), VALIDATED_GRID,
+                    tmp_path / "split", checkpoint_every=2)
+  meta_train(VALIDATED, VALIDATED_GRID, tmp_path / "split", checkpoint_every=2)
+  whole = meta_train(VALIDATED, VALIDATED_GRID, tmp_path / "whole", checkpoint_every=4)
   text = (tmp_path / "whole" / "validation.csv").read_text()
   assert (tmp_path / "split" / "validation.csv").read_text() == text
   rows = [line.split(",") for line in text.strip().splitlines()[1:]]
   assert [r[0] for r in rows] == ["2", "4"]
   scores = [float(r[1]) for r in rows]
-  expected = [float(np.mean(M.validation_returns(VALIDATED)(m))) for m in (half, whole)]
+  validate = M.validation_returns(VALIDATED, VALIDATED_GRID)
+  expected = [float(np.mean(validate(m))) for m in (half, whole)]
   np.testing.assert_allclose(scores, expected, rtol=1e-5)
   flat = lambda m: np.asarray(optim4rl.flatten_meta(m, VALIDATED.rule))
   best = (half, whole)[int(np.argmax(scores))]
@@ -185,7 +236,7 @@ def test_validation_keeps_the_best_and_resumes(tmp_path):
     kept, _ = optim4rl.load_meta_params(tmp_path / run / "meta_best.npz")
     np.testing.assert_array_equal(flat(kept), flat(best))
   with pytest.raises(ValueError, match="validate_seeds"):
-    dataclasses.replace(TINY, validate_seeds=0)
+    dataclasses.replace(GRID, validate_seeds=0)
 
 
 @pytest.mark.parametrize("kind", ["gridworld", "ppo"])
@@ -200,10 +251,11 @@ def test_units_split_over_two_host_devices_match_one_device(kind):
 
 def test_validation_scores_the_moving_average_when_one_is_kept(tmp_path):
   cfg = dataclasses.replace(VALIDATED, iterations=2, average_decay=0.5)
-  meta_train(cfg, tmp_path, checkpoint_every=2)
+  meta_train(cfg, VALIDATED_GRID, tmp_path, checkpoint_every=2)
   avg, _ = optim4rl.load_meta_params(tmp_path / "meta_avg.npz")
   best, _ = optim4rl.load_meta_params(tmp_path / "meta_best.npz")
   flat = lambda m: np.asarray(optim4rl.flatten_meta(m, cfg.rule))
   np.testing.assert_array_equal(flat(best), flat(avg))  # the only validated iteration
   score = float((tmp_path / "validation.csv").read_text().splitlines()[1].split(",")[1])
-  np.testing.assert_allclose(score, float(np.mean(M.validation_returns(cfg)(avg))), rtol=1e-5)
+  validate = M.validation_returns(cfg, VALIDATED_GRID)
+  np.testing.assert_allclose(score, float(np.mean(validate(avg))), rtol=1e-5)

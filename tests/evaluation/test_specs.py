@@ -1,0 +1,49 @@
+import hashlib
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import optim4rl
+from optim4rl.evaluation import specs
+
+
+def first_update(tx, grad):
+  g = jnp.asarray(grad, jnp.float32)
+  return float(tx.update(g, tx.init(g))[0])
+
+
+def test_optimizer_for_takes_the_spec_the_default_lr_and_the_environments_clip():
+  # Gridworld A2C clips gradients elementwise at 1, Brax's PPO does not.
+  assert first_update(specs.optimizer_for("sgd@0.5", "small_dense_short", updates=10),
+                      5.0) == pytest.approx(-0.5)
+  assert first_update(specs.optimizer_for("sgd@0.5", "inverted_pendulum", updates=10),
+                      5.0) == pytest.approx(-2.5)
+  default = specs.default_learning_rate("big_dense_long")
+  assert first_update(specs.optimizer_for("sgd", "big_dense_long", updates=10),
+                      1.0) == pytest.approx(-default)
+  assert first_update(specs.optimizer_for("sgd@0.5", "big_dense_long", updates=10,
+                                          learning_rate=0.25), 1.0) == pytest.approx(-0.25)
+  linear = specs.optimizer_for("sgd@0.5:linear", "small_dense_short", updates=2)
+  assert first_update(linear, 1.0) == pytest.approx(-0.5)  # steps fall from 1x to 0 over 2
+
+
+@pytest.mark.parametrize("spec, error", [("adam@fast", "'fast' is not a learning rate"),
+                                         ("adam@1e-3:cosine", "unknown schedule 'cosine'"),
+                                         ("adamw", "unknown optimizer 'adamw'"),
+                                         ("optim4rl", "needs its meta-parameter file")])
+def test_bad_specs_are_value_errors(spec, error):
+  with pytest.raises(ValueError, match=error):
+    specs.optimizer_for(spec, "small_dense_short", updates=10)
+
+
+def test_meta_file_hash(tmp_path):
+  assert specs.meta_file_hash("adam@3e-2") is None
+  path = tmp_path / "meta.npz"
+  optim4rl.save_meta_params(path, optim4rl.init_meta_params(jax.random.key(0), "optim4rl"),
+                            "optim4rl")
+  digest = hashlib.sha256(path.read_bytes()).hexdigest()
+  assert specs.meta_file_hash(f"optim4rl:{path}") == digest
+  assert specs.meta_file_hash(f"learned:{path}@1e-3:linear") == digest
+  with pytest.raises(FileNotFoundError):
+    specs.meta_file_hash(f"optim4rl:{tmp_path / 'missing.npz'}")
