@@ -18,7 +18,7 @@ import optax
 
 from optim4rl.envs import gridworld as gw
 from optim4rl.rules import RULES, load_meta_params
-from optim4rl.schedules import SCHEDULES, scheduled
+from optim4rl.schedules import scheduled
 from optim4rl.transforms import learned_optimizer
 
 CLASSICAL = {"adam": optax.adam, "rmsprop": optax.rmsprop, "sgd": optax.sgd}

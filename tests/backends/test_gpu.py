@@ -14,9 +14,7 @@ import optim4rl
 from optim4rl import rules
 from optim4rl.rules import reference
 from optim4rl.backends import fused_step
-from conftest import (RULE_NAMES, assert_matches, assert_same_bits, assert_zeros_match,
-                      denormal_and_zero_gradients, random_problem, rel_err, rl_like_gradients,
-                      special_gradients)
+from conftest import RULE_NAMES, assert_matches, random_problem, rel_err, rl_like_gradients
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "gpu",
                                 reason=f"needs a GPU; JAX's backend is {jax.default_backend()}")
@@ -108,37 +106,8 @@ def test_backward_is_deterministic(backend):
   np.testing.assert_array_equal(np.asarray(f(meta)), np.asarray(f(meta)))
 
 
-@pytest.mark.parametrize("rule", RULE_NAMES)
-def test_special_gradient_values_behave_as_reference(backend, rule):
-  # Denormals included: every backend applies the same explicit policy (flush_denormal).
-  spec, meta, _, h = random_problem(rule, 12, seed=5)
-  g = special_gradients()
-  for clip in (1.0, 0.0):
-    want = fused_step(spec, meta, g, h, clip=clip, backend="reference")
-    got = fused_step(spec, meta, g, h, clip=clip, backend=backend)
-    assert_matches(got[0], want[0], 1e-5, "direction")
-    assert_matches(got[1], want[1], 1e-5, "hidden state")
-    assert_zeros_match(got[0], want[0], "direction")
-
-
-@pytest.mark.parametrize("rule", RULE_NAMES)
-def test_denormal_gradients_step_as_zeros_of_their_sign(backend, rule):
-  """GPUs keep denormals: the explicit flush is what makes 1e-45 step as +0, forward and
-  backward, bit for bit."""
-  g_denormal, g_zero = denormal_and_zero_gradients()
-  spec, meta, _, h = random_problem(rule, g_zero.shape[0], seed=11)
-  d_dir = jnp.cos(jnp.arange(g_zero.shape[0], dtype=jnp.float32))
-
-  @jax.jit
-  def run(g):
-    (d, h_new), vjp = jax.vjp(lambda m, h: fused_step(spec, m, g, h, backend=backend), meta, h)
-    return (d, h_new, *vjp((d_dir, 0.3 * jnp.ones_like(h_new))))
-  got, zero = run(g_denormal), run(g_zero)
-  for name, a, b in zip(("direction", "h_new", "d_meta", "d_h"), got, zero):
-    assert_same_bits(a, b, name)
-  want = fused_step(spec, meta, g_denormal, h, backend="reference")
-  assert_matches(got[0], want[0], 1e-5, "direction")
-  assert_zeros_match(got[0], want[0], "direction")
+# Special gradient values and the denormal policy: tests/backends/test_primitive.py, whose
+# kernel_backend fixture runs them for cuda and triton on a GPU host.
 
 
 def test_gpu_backends_are_listed_on_gpu():
