@@ -9,21 +9,55 @@
   python -m optim4rl bench --sizes 1e5 1e6
 
 Commands parse their flags, call the library (optim4rl.evaluation, optim4rl.meta) and print.
-A user's mistake (a ValueError or FileNotFoundError of the library) exits 2 with one line.
+A user's mistake (a bad flag, or a ValueError or FileNotFoundError of the library) exits 2
+with one line, before anything is written; a meta-training run that diverges (non-finite
+meta-gradients or meta-parameters) stops with one line and exit 1, its last checkpoint kept.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
 
+def _number(text: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+  if not math.isfinite(value):
+    raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+  return value
+
+
+def _integer(text: str, minimum: int) -> int:
+  value = _number(text)  # "3e6" is an integer too
+  if value != int(value):
+    raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+  if value < minimum:
+    raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+  return int(value)
+
+
+def _integer_any(text: str) -> int:
+  return _integer(text, -2**63)
+
+
 def _positive_int(text: str) -> int:
-  value = int(float(text))
-  if value < 1:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+  return _integer(text, 1)
+
+
+def _count(text: str) -> int:
+  return _integer(text, 0)
+
+
+def _positive_number(text: str) -> float:
+  value = _number(text)
+  if not value > 0:
+    raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
   return value
 
 
@@ -98,7 +132,7 @@ def _meta_config(args):
                               reward_scale=args.reward_scale, outer_loss=args.outer_loss,
                               agent_schedule=args.agent_schedule,
                               validate_seeds=args.validate_seeds,
-                              validate_steps=int(args.validate_steps))
+                              validate_steps=args.validate_steps)
 
 
 def cmd_meta_train(args):
@@ -112,12 +146,15 @@ def cmd_meta_train(args):
       raise ValueError(f"--devices {args.devices}: only {len(jax.devices())} devices are visible")
     mesh = units_mesh(jax.devices()[:args.devices])
   names = [args.task] if args.task else args.worlds
-  bar = _bar(cfg.iterations, f"meta-train {'+'.join(names)}", "it")
-
-  validation = {}
+  bars, validation = [], {}  # the bar opens with the first row: errors come before it
 
   def report(iteration, row):
+    if not bars:
+      bars.append(_bar(cfg.iterations, f"meta-train {'+'.join(names)}", "it"))
+    bar = bars[0]
     bar.update(iteration - bar.n)
+    if not row:  # the run has started (and may be resuming at `iteration`)
+      return
     rets = [v for k, v in row.items() if k.startswith("return_")]
     if "validation" in row:  # the latest score stays on the bar
       validation["val"] = f"{row['validation']:.2f}"
@@ -126,7 +163,8 @@ def cmd_meta_train(args):
 
   meta_train(cfg, task, args.out, checkpoint_every=args.checkpoint_every,
              log_every=args.log_every, progress=report, mesh=mesh)
-  bar.close()
+  for bar in bars:
+    bar.close()
   out = Path(args.out)
   print(f"meta-parameters: {out / 'meta.npz'}  (log: {out / 'log.csv'})")
   if cfg.validate_every:
@@ -135,7 +173,7 @@ def cmd_meta_train(args):
 
 def cmd_train(args):
   from optim4rl.evaluation import specs
-  steps = int(args.steps)
+  steps = args.steps
   trainer = _trainer(args, steps)
   tx = specs.optimizer_for(args.optimizer, trainer.environment, updates=trainer.updates,
                            backend=args.backend, learning_rate=args.lr)
@@ -147,9 +185,10 @@ def cmd_train(args):
 
 def cmd_evaluate(args):
   from optim4rl.evaluation import compare, metrics, report
-  steps = int(args.steps)
+  steps = args.steps
   trainer = _trainer(args, steps)
   name, out = trainer.environment, Path(args.out)
+  # Specs are checked before anything is written; the training holds out/.lock.
   results, checkpoints = compare.evaluate_specs(
       trainer, args.optimizers, seeds=args.seeds, directory=out, backend=args.backend,
       progress=lambda label: _train_progress(steps, f"{label} x{args.seeds} seeds"))
@@ -171,7 +210,7 @@ def cmd_gradients(args):
   from optim4rl.evaluation import gradients
   study = gradients.gradient_study(
       args.worlds, args.tasks, args.out, optimizer=args.optimizer,
-      world_steps=int(args.world_steps), task_steps=int(args.task_steps), envs=args.envs,
+      world_steps=args.world_steps, task_steps=args.task_steps, envs=args.envs,
       small=args.small, seed=args.seed, backend=args.backend,
       progress=lambda name, steps: _train_progress(steps, f"gradients of {name}"))
   table = gradients.coverage_table(study)
@@ -192,7 +231,7 @@ def _add_environment(p):
   p.add_argument("--envs", type=_positive_int, default=512, help="gridworld envs per agent")
   p.add_argument("--small", action="store_true",
                  help="Brax: CPU-size PPO settings (64 envs, 4 minibatches of 64, 2 epochs)")
-  p.add_argument("--eval-envs", type=int, default=None,
+  p.add_argument("--eval-envs", type=_count, default=None,
                  help="Brax: score each chunk by deterministic episodes in this many envs, as "
                       "Brax does (default 128, 16 with --small; 0: returns of the training "
                       "episodes)")
@@ -211,7 +250,7 @@ def parser() -> argparse.ArgumentParser:
                  help="PPO: trajectories per minibatch per unit")
   p.add_argument("--devices", type=_positive_int, default=1,
                  help="split the units over this many devices")
-  p.add_argument("--lrs", nargs="+", type=float, help="agent learning rate(s), one per world")
+  p.add_argument("--lrs", nargs="+", type=_positive_number, help="agent learning rate(s), one per world")
   p.add_argument("--rule", default="optim4rl")
   p.add_argument("--units", type=_positive_int, default=512)
   p.add_argument("--envs-per-unit", type=_positive_int, default=1)
@@ -224,25 +263,27 @@ def parser() -> argparse.ArgumentParser:
                  help="A2C agents' steps: constant, or linear (decayed to 0 over each unit's "
                       "life of reset-interval x inner-updates updates, and over validation runs)")
   p.add_argument("--iterations", type=_positive_int, default=600)
-  p.add_argument("--meta-lr", type=float, default=1e-3)
-  p.add_argument("--meta-grad-clip", type=float, default=1.0)
-  p.add_argument("--max-norm", type=float, default=-1.0)
-  p.add_argument("--average-decay", type=float, default=0.0,
+  p.add_argument("--meta-lr", type=_positive_number, default=1e-3)
+  p.add_argument("--meta-grad-clip", type=_number, default=1.0,
+                 help="clip of the meta-gradient's global norm (<= 0: none)")
+  p.add_argument("--max-norm", type=_number, default=-1.0,
+                 help="> 0: rescale each task's meta-gradient to this norm")
+  p.add_argument("--average-decay", type=_number, default=0.0,
                  help="> 0: also save an exponential moving average of the meta-parameters "
                       "(meta_avg.npz) with this decay per iteration")
-  p.add_argument("--validate-every", type=int, default=0,
+  p.add_argument("--validate-every", type=_count, default=0,
                  help="> 0: every this many iterations, train fresh A2C agents on the first "
                       "world with the current meta-parameters (their moving average with "
                       "--average-decay; validation seeds, apart from evaluation's) and keep "
                       "the best as meta_best.npz")
   p.add_argument("--validate-seeds", type=_positive_int, default=4)
-  p.add_argument("--validate-steps", type=float, default=3e6)
+  p.add_argument("--validate-steps", type=_positive_int, default=3_000_000)
   p.add_argument("--reward-scale", default="auto")
   p.add_argument("--checkpoint-every", type=_positive_int, default=50)
   p.add_argument("--log-every", type=_positive_int, default=10,
                  help="read the device's metrics (log rows, progress) every this many "
                       "iterations; the iterations in between run without waiting for the host")
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--seed", type=_integer_any, default=0)
   p.add_argument("--backend", default=None)
   p.add_argument("--out", required=True, help="run directory (resumes if it holds a checkpoint)")
   p.set_defaults(run=cmd_meta_train)
@@ -251,9 +292,9 @@ def parser() -> argparse.ArgumentParser:
   _add_environment(p)
   p.add_argument("--optimizer", default="adam",
                  help="adam | rmsprop | sgd | RULE:PATH, optionally @LR[:SCHEDULE]")
-  p.add_argument("--lr", type=float)
-  p.add_argument("--steps", type=float, default=3e6)
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--lr", type=_positive_number)
+  p.add_argument("--steps", type=_positive_int, default=3_000_000)
+  p.add_argument("--seed", type=_integer_any, default=0)
   p.add_argument("--backend", default=None)
   p.set_defaults(run=cmd_train)
 
@@ -263,7 +304,7 @@ def parser() -> argparse.ArgumentParser:
                  help="specs, optionally with a learning rate and schedule (constant, linear): "
                       "adam@1e-2 adam@5e-2:linear optim4rl:meta.npz@5e-2:linear")
   p.add_argument("--seeds", type=_positive_int, default=10)
-  p.add_argument("--steps", type=float, default=3e6)
+  p.add_argument("--steps", type=_positive_int, default=3_000_000)
   p.add_argument("--backend", default=None)
   p.add_argument("--out", default="runs/evaluate")
   p.set_defaults(run=cmd_evaluate)
@@ -273,11 +314,11 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--worlds", nargs="*", type=_world_name, default=["big_dense_long"])
   p.add_argument("--tasks", nargs="*", type=_task_name, default=["ant", "humanoid"])
   p.add_argument("--optimizer", default="adam", help="a spec, optionally @LR[:SCHEDULE]")
-  p.add_argument("--world-steps", type=float, default=3e6)
-  p.add_argument("--task-steps", type=float, default=1e7)
+  p.add_argument("--world-steps", type=_positive_int, default=3_000_000)
+  p.add_argument("--task-steps", type=_positive_int, default=10_000_000)
   p.add_argument("--envs", type=_positive_int, default=512, help="gridworld envs per agent")
   p.add_argument("--small", action="store_true", help="CPU-size PPO settings")
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--seed", type=_integer_any, default=0)
   p.add_argument("--backend", default=None)
   p.add_argument("--out", default="runs/gradients")
   p.set_defaults(run=cmd_gradients)
@@ -299,6 +340,9 @@ def main(argv=None):
   except (ValueError, FileNotFoundError) as err:
     print(f"optim4rl {args.command}: error: {err}", file=sys.stderr)
     return 2
+  except FloatingPointError as err:  # a run that diverged; its last checkpoint is kept
+    print(f"optim4rl {args.command}: stopped: {err}", file=sys.stderr)
+    return 1
   return 0
 
 

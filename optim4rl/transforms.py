@@ -2,35 +2,85 @@
 
 - `scale_by_learned_rule`: a rule's direction, its update at learning rate 1 with the sign
   included. Its state is the hidden state of every parameter of a pytree, one (rows, P) array
-  over the concatenation of all leaves, so each step is one fused kernel launch.
+  over the concatenation of all leaves, so each step is one fused kernel launch, and the
+  pytree's layout (a static node, no array), so that gradients of another tree are refused
+  rather than handed hidden states of other parameters.
 - `odd_part`: a transform made odd in its gradients, (u(g) - u(-g)) / 2, running u once on the
   pair (g, -g). The odd rules (`Rule.odd`) are their plain rule under it.
 - `learned_optimizer` and the aliases: the direction chained with optax's own
   `scale_by_learning_rate`, so learning rates and schedules are plain optax.
 
-Validation and backend resolution happen once, when a transform is built; gradient trees are
-checked when `update` is traced. Extra arguments (`update(g, s, params, **extra_args)`, as
-OPEN's activations, key and training progress will be) reach the direction through optax's
+Validation (meta-parameters, clip, learning rate) and backend resolution happen once, when a
+transform is built; gradient trees are checked against the state's layout when `update` is
+traced. Extra arguments (`update(g, s, params, **extra_args)`, as OPEN's activations, key and
+training progress will be) reach the direction through optax's
 `GradientTransformationExtraArgs`; the current rules read gradients only.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from optim4rl.backends import fused_step, resolve_backend
 from optim4rl.rules import Rule, check_meta_params, flatten_meta, get_rule
 
 
+def _leaf_paths(tree) -> list[str]:
+  """The readable paths ("['dense']['w']") of a pytree's leaves."""
+  return [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class TreeLayout:
+  """The parameter pytree a state was initialised for. Static (no leaves): the state keeps
+  its one array, and jit, vmap, scan and checkpoints carry the layout in the tree structure."""
+  treedef: Any  # jax PyTreeDef of the parameters (of the pair (params, params) for odd rules,
+  #               so their paths start with [0] or [1])
+  shapes: tuple  # their leaf shapes, in flattening order
+
+  @classmethod
+  def of(cls, tree) -> TreeLayout:
+    leaves, treedef = jax.tree.flatten(tree)
+    return cls(treedef, tuple(tuple(jnp.shape(leaf)) for leaf in leaves))
+
+  def mismatch(self, tree) -> str | None:
+    """How `tree` differs from this layout, in words; None if it does not."""
+    treedef = jax.tree.structure(tree)
+    if treedef != self.treedef:
+      got = _leaf_paths(tree)
+      try:
+        want = _leaf_paths(self.treedef.unflatten([0] * self.treedef.num_leaves))
+      except Exception:  # a node type that refuses placeholder leaves: compare structures only
+        want = got
+      want_set, got_set = set(want), set(got)
+      extra = next((p for p in got if p not in want_set), None)
+      lacking = next((p for p in want if p not in got_set), None)
+      if extra is not None:
+        known = ", ".join(want[:4]) + (", ..." if len(want) > 4 else "")
+        return f"gradient leaf {extra} is not among the parameters ({known or 'none'})"
+      if lacking is not None:
+        return f"the gradients lack parameter leaf {lacking}"
+      return f"tree structure {treedef}, expected {self.treedef}"  # same paths, other nodes
+    for (path, leaf), shape in zip(jax.tree_util.tree_flatten_with_path(tree)[0], self.shapes):
+      if tuple(jnp.shape(leaf)) != shape:
+        return (f"gradient leaf {jax.tree_util.keystr(path)} has shape "
+                f"{tuple(jnp.shape(leaf))}, expected {shape}")
+    return None
+
+
 class LearnedRuleState(NamedTuple):
   """State of `scale_by_learned_rule`."""
   hidden: jax.Array  # (rows, P) float32, rows = 8 per GRU, P = parameters in the pytree
   #                    (2P for odd rules: the columns of -g follow those of g)
+  layout: TreeLayout  # the parameters' tree, checked at each update
 
 
 # State of `learned_optimizer`: optax.chain's tuple (rule state, learning-rate state), the
@@ -64,7 +114,8 @@ def _flatten(tree):
 
 def _zero_hidden(spec: Rule, params) -> LearnedRuleState:
   size = sum(int(jnp.size(leaf)) for leaf in jax.tree.leaves(params))
-  return LearnedRuleState(jnp.zeros((spec.hidden_rows, size), jnp.float32))
+  return LearnedRuleState(jnp.zeros((spec.hidden_rows, size), jnp.float32),
+                          TreeLayout.of(params))
 
 
 def _check_clip(clip) -> float:
@@ -76,9 +127,29 @@ def _check_clip(clip) -> float:
   except TypeError:  # a tracer, None, an array of several values, ...
     raise TypeError(f"optim4rl: clip must be a static number (0: no clipping), got "
                     f"{clip!r}; the kernels take it as a compile-time constant") from None
-  if not value >= 0:  # NaN fails too
-    raise ValueError(f"optim4rl: clip must be >= 0 (0: no clipping), got {clip!r}")
+  if not (value >= 0 and math.isfinite(value)):  # NaN fails too; "no clip" is 0, not inf
+    raise ValueError(f"optim4rl: clip must be >= 0 and finite (0: no clipping), got {clip!r}")
   return value
+
+
+def _check_learning_rate(learning_rate) -> None:
+  """A learning rate is an optax schedule, None (optax: no scaling) or a number > 0: a NaN,
+  infinite, zero or negative rate would train silently to nothing or to NaN."""
+  if learning_rate is None or callable(learning_rate):
+    return
+  if isinstance(learning_rate, jax.core.Tracer) and jnp.ndim(learning_rate) == 0:
+    return  # a traced rate (vmapped over rates, say) has no value to check here
+  value = None
+  if not isinstance(learning_rate, (bool, str)) and np.ndim(learning_rate) == 0:
+    try:
+      value = float(learning_rate)
+    except (TypeError, ValueError):  # an object, a complex number, ...
+      pass
+  if value is None:
+    raise TypeError(f"optim4rl: learning_rate must be a number or an optax schedule, got "
+                    f"{learning_rate!r}")
+  if not (value > 0 and math.isfinite(value)):
+    raise ValueError(f"optim4rl: learning_rate must be a finite number > 0, got {learning_rate!r}")
 
 
 def odd_part(tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
@@ -124,6 +195,13 @@ def scale_by_learned_rule(meta, *, rule: str | Rule, clip: float = 1.0,
 
   def update(updates, state, params=None, **extra_args):
     del params, extra_args  # the current rules read gradients only
+    # The flat hidden array has no tree of its own: a tree of the same size but another
+    # layout would silently get the hidden states of other parameters.
+    mismatch = state.layout.mismatch(updates)
+    if mismatch is not None:
+      raise ValueError(f"optim4rl: the gradients do not match the parameters whose hidden states "
+                       f"the optimizer state holds: {mismatch}; was the state initialised for "
+                       f"these parameters and rule {spec.name!r}?")
     flat, unflatten = _flatten(updates)
     need = (plain.hidden_rows, flat.shape[0])
     if jnp.shape(state.hidden) != need:
@@ -134,7 +212,7 @@ def scale_by_learned_rule(meta, *, rule: str | Rule, clip: float = 1.0,
     # order they always have (bitwise the same results as before).
     direction, hidden = fused_step(plain, flatten_meta(meta, plain), flat, state.hidden,
                                    clip=clip, backend=backend)
-    return unflatten(direction), LearnedRuleState(hidden)
+    return unflatten(direction), LearnedRuleState(hidden, state.layout)
 
   return _rule_transform(spec, update)
 
@@ -142,6 +220,7 @@ def scale_by_learned_rule(meta, *, rule: str | Rule, clip: float = 1.0,
 def _with_learning_rate(direction, learning_rate: optax.ScalarOrSchedule
                         ) -> optax.GradientTransformationExtraArgs:
   # The direction already descends: no sign flip. A schedule reads the chain's own count.
+  _check_learning_rate(learning_rate)
   return optax.chain(direction, optax.scale_by_learning_rate(learning_rate, flip_sign=False))
 
 

@@ -1,11 +1,33 @@
-import jax
-import jax.numpy as jnp
-import numpy as np
-import pytest
+import atexit
+import os
+import shutil
+import tempfile
 
-import optim4rl
-from optim4rl import rules
-from optim4rl.rules.constants import FLT_MIN  # noqa: F401 (the tests import it from here)
+# One compilation cache for the session, its subprocesses (CLI runs, the 2-device cases)
+# included: tests that run the same program again (a run, then its resumption) load it instead
+# of compiling it again, which halves the meta-training tests on a 2-core machine. A fresh
+# directory per session, so nothing compiled by other code is ever loaded.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _cache = tempfile.mkdtemp(prefix="optim4rl-test-jax-cache-")
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import optim4rl  # noqa: E402
+from optim4rl import rules  # noqa: E402
+from optim4rl.rules.constants import FLT_MIN  # noqa: E402,F401 (the tests import it from here)
+
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", 0.5)))
+jax.config.update("jax_persistent_cache_min_entry_size_bytes",
+                  int(os.environ.get("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", 0)))
 
 # Rules with their own per-element math (kernels); odd rules reuse a plain rule's kernel and
 # are tested through the optax API (test_transforms.py).

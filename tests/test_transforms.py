@@ -157,6 +157,29 @@ def test_save_and_load_meta_params(tmp_path):
     optim4rl.load_meta_params(str(bad))
 
 
+def test_damaged_meta_param_files_are_value_errors(tmp_path):
+  """Truncated, bit-flipped or non-finite files: one clear ValueError, never a zipfile, zlib
+  or numpy traceback (arrays are read lazily, so those could come from any read)."""
+  meta = optim4rl.init_meta_params(jax.random.key(7), "l2lgd2")
+  good = tmp_path / "meta.npz"
+  optim4rl.save_meta_params(str(good), meta, "l2lgd2")
+  raw = good.read_bytes()
+  flipped = bytearray(raw)
+  flipped[len(raw) // 2] ^= 0xFF
+  nan = jax.tree.map(lambda x: x, meta)
+  nan["net1"]["mlp"]["b1"] = nan["net1"]["mlp"]["b1"].at[0].set(jnp.nan)
+  optim4rl.save_meta_params(str(tmp_path / "nan.npz"), nan, "l2lgd2")
+  (tmp_path / "truncated.npz").write_bytes(raw[:len(raw) // 2])
+  (tmp_path / "flipped.npz").write_bytes(bytes(flipped))
+  for name, error in (("truncated", "not a readable optim4rl meta-parameter file"),
+                      ("flipped", "not a readable optim4rl meta-parameter file"),
+                      ("nan", "non-finite.*net1/mlp/b1")):
+    with pytest.raises(ValueError, match=error):
+      optim4rl.load_meta_params(str(tmp_path / f"{name}.npz"))
+  with pytest.raises(FileNotFoundError):  # the CLI reports it as a missing file
+    optim4rl.load_meta_params(str(tmp_path / "missing.npz"))
+
+
 def test_init_is_deterministic_and_key_dependent():
   a = rules.flatten_meta(optim4rl.init_meta_params(jax.random.key(0)), "optim4rl")
   b = rules.flatten_meta(optim4rl.init_meta_params(jax.random.key(0)), "optim4rl")
@@ -233,6 +256,69 @@ def test_clear_errors_at_trace_time(rule):
     optim4rl.fused_step(spec, flat, jnp.zeros((4,)), jnp.zeros((8, 4)))
   with pytest.raises(ValueError, match="flat meta-parameters"):
     optim4rl.fused_step(spec, flat[:-1], jnp.zeros((4,)), jnp.zeros((16, 4)))
+
+
+@pytest.mark.parametrize("rule", ["optim4rl", "optim4rl_odd"])
+def test_update_refuses_gradients_of_another_tree_of_the_same_size(rule):
+  """The hidden state is one flat array: only the layout recorded at init tells which
+  columns belong to which parameter, so a tree of the same total size is not enough."""
+  meta = optim4rl.init_meta_params(jax.random.key(0), rule)
+  tx = optim4rl.learned_optimizer(meta, rule=rule, learning_rate=0.1)
+  params = {"a": jnp.zeros((2, 3)), "b": jnp.zeros((4,))}
+  state = tx.init(params)
+  assert len(jax.tree.leaves(state)) == 1  # the layout is static: still one array
+  swapped = {"a": jnp.zeros((4,)), "b": jnp.zeros((2, 3))}
+  a = r"(\[0\])?\['a'\]"  # odd rules see the pair (g, -g)
+  for update in (tx.update, jax.jit(tx.update)):
+    with pytest.raises(ValueError, match=rf"leaf {a} has shape \(4,\), expected \(2, 3\)"):
+      update(swapped, state)
+    with pytest.raises(ValueError, match=r"leaf .*\['a'\] has shape \(3, 2\)"):
+      update({"a": jnp.zeros((3, 2)), "b": jnp.zeros((4,))}, state)
+    with pytest.raises(ValueError, match=r"leaf .*\['x'\] is not among the parameters"):
+      update({"x": jnp.zeros((6,)), "y": jnp.zeros((4,))}, state)
+    with pytest.raises(ValueError, match=r"lack parameter leaf .*\['b'\]"):
+      update({"a": jnp.zeros((10,))}, state)
+    with pytest.raises(ValueError, match="is not among the parameters"):
+      update([jnp.zeros((2, 3)), jnp.zeros((4,))], state)  # same leaves, another container
+  batched = jax.tree.map(lambda x: jnp.stack([x, x + 1]), params)
+  states = jax.vmap(tx.init)(batched)
+  u, states = jax.vmap(tx.update)(batched, states)  # per-example layouts on both sides
+  assert u["a"].shape == (2, 2, 3)
+  with pytest.raises(ValueError, match=r"has shape \(4,\), expected \(2, 3\)"):
+    jax.vmap(tx.update)(jax.tree.map(lambda x: jnp.stack([x, x]), swapped), states)
+  # init_state makes the same layout; hidden states of another rule's rows still fail.
+  u, _ = jax.jit(tx.update)(params, optim4rl.init_state(rule, params, learning_rate=0.1))
+  assert jax.tree.structure(u) == jax.tree.structure(params)
+  other_rows = state[0]._replace(hidden=jnp.zeros((8, state[0].hidden.shape[1])))
+  with pytest.raises(ValueError, match="hidden states of shape"):
+    tx.update(params, (other_rows, state[1]))
+
+
+def test_bad_learning_rates_and_clips_are_refused_at_construction():
+  meta = optim4rl.init_meta_params(jax.random.key(0))
+  g = {"w": jnp.full((4,), 0.1)}
+  for lr in (float("nan"), -1.0, 0.0, 0, float("inf"), -float("inf"), np.float32("nan")):
+    for make in (lambda lr: optim4rl.learned_optimizer(meta, rule="optim4rl", learning_rate=lr),
+                 lambda lr: optim4rl.optim4rl(meta, lr),
+                 lambda lr: optim4rl.init_state("optim4rl", g, learning_rate=lr)):
+      with pytest.raises(ValueError, match="learning_rate must be a finite number > 0"):
+        make(lr)
+  for lr in ("1e-3", [1e-3], jnp.ones(2), True):
+    with pytest.raises(TypeError, match="learning_rate must be a number or an optax schedule"):
+      optim4rl.learned_optimizer(meta, rule="optim4rl", learning_rate=lr)
+  for lr in (optax.linear_schedule(0.1, 0.0, 10), lambda count: 0.1, 0.1, 1, np.float32(0.1),
+             jnp.float32(0.1)):
+    tx = optim4rl.learned_optimizer(meta, rule="optim4rl", learning_rate=lr)
+    u, _ = tx.update(g, tx.init(g))
+    assert bool(jnp.all(jnp.isfinite(u["w"])))
+  # A traced rate has no value to check (vmapped over rates, say): it passes.
+  traced = jax.jit(lambda lr: optim4rl.learned_optimizer(meta, rule="optim4rl", learning_rate=lr)
+                   .update(g, optim4rl.init_state("optim4rl", g))[0]["w"])(0.1)
+  assert traced.shape == (4,)
+  for clip in (float("nan"), -1.0, float("inf"), -float("inf")):
+    with pytest.raises(ValueError, match="clip must be >= 0 and finite"):
+      optim4rl.learned_optimizer(meta, rule="optim4rl", clip=clip)
+  optim4rl.learned_optimizer(meta, rule="optim4rl", clip=0)  # 0: no clipping
 
 
 def test_default_backend_is_a_kernel_and_what_transforms_use(kernel_backend):

@@ -81,9 +81,12 @@ def _check_name(name: str) -> str:
 def make(name: str, reward_scale: float | str = 1.0) -> World:
   """The named world. reward_scale: a number, or "paper" for the tables' scale."""
   h, w, objects, horizon, paper_scale = _SPECS[_check_name(name)]
-  scale = paper_scale if reward_scale == "paper" else float(reward_scale)
-  if not scale > 0:
-    raise ValueError(f"reward_scale must be positive or 'paper', got {reward_scale!r}")
+  try:
+    scale = paper_scale if reward_scale == "paper" else float(reward_scale)
+  except (TypeError, ValueError):
+    scale = float("nan")
+  if not 0 < scale < float("inf"):
+    raise ValueError(f"reward_scale must be a finite number > 0 or 'paper', got {reward_scale!r}")
   return World(name, h, w, objects, horizon, scale)
 
 

@@ -12,6 +12,7 @@ from optim4rl.evaluation.metrics import Result
 from optim4rl.evaluation.specs import meta_file_hash, optimizer_for
 from optim4rl.evaluation.trainers import Trainer
 from optim4rl.training.checkpoint import RunCheckpoint
+from optim4rl.training.files import RunLock
 from optim4rl.training.curve import Curve, final_returns
 
 Progress = Callable[[str], Callable[[int, int, float], None]]  # label -> progress(chunk, ...)
@@ -49,8 +50,9 @@ def evaluate_specs(trainer: Trainer, specs: list[str], *, seeds: int, directory:
                    backend: str | None = None, progress: Progress | None = None
                    ) -> tuple[list[Result], dict[str, RunCheckpoint]]:
   """Evaluate optimizer specs (see `specs`) with `trainer` over `seeds` seeds, each spec's run
-  resumable from `directory`/checkpoints/. Returns the results and each spec's (closed)
-  checkpoint, whose `resumed_after` says how many chunks an earlier run had done."""
+  resumable from `directory`/checkpoints/ (which one process at a time may use). Returns the
+  results and each spec's (closed) checkpoint, whose `resumed_after` says how many chunks an
+  earlier run had done."""
   # All built (and their meta files read) before any training, so a bad spec fails at once.
   optimizers = {spec: optimizer_for(spec, trainer.environment, updates=trainer.updates,
                                     backend=backend) for spec in specs}
@@ -65,6 +67,7 @@ def evaluate_specs(trainer: Trainer, specs: list[str], *, seeds: int, directory:
                                       identity)
     return checkpoints[spec]
 
-  results = evaluate(trainer.run, optimizers, seeds=seeds, checkpoint=checkpoint,
-                     progress=progress)
+  with RunLock(directory):  # one evaluation per directory at a time
+    results = evaluate(trainer.run, optimizers, seeds=seeds, checkpoint=checkpoint,
+                       progress=progress)
   return results, checkpoints

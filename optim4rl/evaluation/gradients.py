@@ -16,6 +16,7 @@ import numpy as np
 
 from optim4rl.evaluation.specs import optimizer_for
 from optim4rl.evaluation.trainers import make_trainer
+from optim4rl.training.files import atomic_path
 
 LOG10_LOW, LOG10_HIGH, BINS = -16.0, 4.0, 200   # 0.1-decade bins; |g| = 0 lands in the first
 EDGES = np.linspace(LOG10_LOW, LOG10_HIGH, BINS + 1)
@@ -72,7 +73,8 @@ def plot(histograms: dict[str, np.ndarray], path, title: str = "") -> str:
   ax.set_title(title)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  with atomic_path(path) as tmp:
+    fig.savefig(tmp, dpi=120)
   plt.close(fig)
   return str(path)
 
@@ -115,7 +117,8 @@ def gradient_study(worlds: list[str], tasks: list[str], out: str | Path, *,
     for stage, counts in zip(STAGES, stages(curve.stats, len(STAGES))):
       hists[f"{name}/{stage}"] = counts
   histogram_file = out / "histograms.npz"
-  np.savez(histogram_file, edges=EDGES, **hists)
+  with atomic_path(histogram_file) as tmp:
+    np.savez(tmp, edges=EDGES, **hists)
 
   total = lambda name: sum(hists[f"{name}/{stage}"] for stage in STAGES)
   all_worlds = np.stack([total(w) for w in worlds]) if worlds else None

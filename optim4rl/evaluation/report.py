@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from optim4rl.evaluation.metrics import Result, best_per_optimizer
+from optim4rl.training.files import atomic_path
 
 
 def table(results: list[Result]) -> str:
@@ -30,7 +31,8 @@ def best_table(results: list[Result]) -> str:
 
 
 def write_csv(results: list[Result], path: Path):
-  with open(path, "w", newline="") as f:
+  """The curves, one row per optimizer, seed and chunk (replaced atomically)."""
+  with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
     out = csv.writer(f)
     out.writerow(["optimizer", "seed", "env_steps", "return"])
     for r in results:
@@ -40,6 +42,7 @@ def write_csv(results: list[Result], path: Path):
 
 
 def plot(results: list[Result], path: Path, title: str):
+  """Mean return +- standard error over seeds per optimizer (replaced atomically)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -56,5 +59,6 @@ def plot(results: list[Result], path: Path, title: str):
   ax.set_title(title)
   ax.legend(loc="lower right", fontsize="small")  # curves rise from the lower left
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  with atomic_path(path) as tmp:
+    fig.savefig(tmp, dpi=120)
   plt.close(fig)

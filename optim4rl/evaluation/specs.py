@@ -12,6 +12,7 @@ learning rate and clip); `make_optimizer` that of NAME[:PATH] with everything gi
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 
 import optax
@@ -55,6 +56,7 @@ def optimizer_for(spec: str, environment: str, *, updates: int, backend: str | N
       raise ValueError(f"optimizer {spec!r}: {lr_text!r} is not a learning rate") from None
   if learning_rate is None:
     learning_rate = default_learning_rate(environment)
+  _check_learning_rate(spec, learning_rate)  # here, to name the whole spec ("adam@-1")
   # Brax's PPO runs its optimizers unclipped; the paper's gridworld configs clip at 1.
   clip = 1.0 if environment in gw.WORLD_NAMES else None
   return make_optimizer(name, learning_rate, backend=backend, clip=clip,
@@ -72,16 +74,37 @@ def make_optimizer(spec: str, learning_rate: float, *, clip: float | None = 1.0,
                    updates: int | None = None) -> optax.GradientTransformation:
   """The optax optimizer a spec names (see the module docstring); clear errors otherwise.
 
-  `clip`: elementwise gradient clip of the classical optimizers (None: none, as in Brax's
-  PPO); a learned optimizer always clips at Algorithm 1's c (1 unless `clip` says otherwise).
+  `learning_rate`: a finite number > 0 (or an optax schedule). `clip`: elementwise gradient
+  clip of the classical optimizers, finite and > 0 (None: none, as in Brax's PPO); a learned
+  optimizer always clips at Algorithm 1's c (1 unless `clip` says otherwise).
   `schedule` (one of SCHEDULES) scales the steps over a run of `updates` optimizer updates."""
+  _check_learning_rate(spec, learning_rate)
   return scheduled(_unscheduled(spec, learning_rate, clip, backend), schedule, updates)
+
+
+def _finite_positive(x) -> bool:
+  try:
+    return not isinstance(x, (bool, str)) and float(x) > 0 and math.isfinite(float(x))
+  except (TypeError, ValueError):
+    return False
+
+
+def _check_learning_rate(spec: str, learning_rate) -> None:
+  """A number must be finite and > 0: NaN or inf would train to NaN, 0 or less not at all
+  (or uphill), all silently. A schedule (callable) is optax's to check."""
+  if not callable(learning_rate) and not _finite_positive(learning_rate):
+    raise ValueError(f"optimizer {spec!r}: the learning rate must be a finite number > 0, "
+                     f"got {learning_rate!r}")
 
 
 def _unscheduled(spec: str, learning_rate: float, clip: float | None,
                  backend: str | None) -> optax.GradientTransformation:
   name, _, path = spec.partition(":")
   if name in CLASSICAL and not path:
+    # optax.clip(0) zeroes every update and clip(nan) makes them nan, silently.
+    if clip is not None and not _finite_positive(clip):
+      raise ValueError(f"optimizer {spec!r}: clip must be None (no clipping) or a finite number "
+                       f"> 0, got {clip!r}")
     tx = CLASSICAL[name](learning_rate)
     return optax.chain(optax.clip(clip), tx) if clip is not None else tx
   if name in RULES or name == "learned":

@@ -17,7 +17,7 @@ import optax
 
 from optim4rl.agents import a2c
 from optim4rl.envs import gridworld as gw
-from optim4rl.meta.config import MetaConfig
+from optim4rl.meta.config import MetaConfig, check_int, check_number
 from optim4rl.meta.tasks import Task, Tasks
 from optim4rl.schedules import SCHEDULES
 from optim4rl.training.a2c import AgentState, init_agent, update
@@ -55,8 +55,11 @@ class GridworldConfig:
       raise ValueError(f"unknown agent schedule {self.agent_schedule!r}; "
                        f"expected one of {SCHEDULES}")
     for field in ("validate_seeds", "validate_steps"):
-      if getattr(self, field) < 1:
-        raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
+      check_int(field, getattr(self, field), 1)
+    for lr in self.agent_lrs:
+      check_number("agent learning rate", lr, positive=True)
+    for i in range(len(self.worlds)):
+      self.world(i)  # refuses a reward_scale that is neither a number > 0 nor "paper"
 
   def world(self, i: int) -> gw.World:
     scale = self.reward_scale

@@ -2,8 +2,27 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 
+from optim4rl.backends import resolve_backend
 from optim4rl.rules import get_rule
+
+
+def check_int(name: str, value, minimum: int) -> None:
+  """A whole number (not a bool or a float such as 2.7) of at least `minimum`."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    raise ValueError(f"{name} must be an integer, got {value!r}")
+  if value < minimum:
+    raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def check_number(name: str, value, *, positive: bool = False) -> None:
+  """A finite real number (> 0 if `positive`)."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+    raise ValueError(f"{name} must be a finite number, got {value!r}")
+  if positive and not value > 0:
+    raise ValueError(f"{name} must be > 0, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,17 +43,26 @@ class MetaConfig:
   validate_every: int = 0        # > 0: score the meta-parameters every this many iterations
   clip: float = 1.0              # gradient clip c of the learned optimizer
   seed: int = 0
-  backend: str | None = None     # learned-optimizer kernel backend
+  backend: str | None = None     # learned-optimizer kernel backend; None: this host's best,
+  #                                recorded as the name it resolves to
 
   def __post_init__(self):
+    """Every field checked, so a run is refused before it writes anything."""
     get_rule(self.rule)  # raises a clear error for unknown rules
+    for field in ("units", "envs_per_unit", "reset_interval", "inner_updates", "iterations"):
+      check_int(field, getattr(self, field), 1)
+    check_int("validate_every", self.validate_every, 0)
+    check_int("seed", self.seed, -2**63)
+    check_number("meta_lr", self.meta_lr, positive=True)
+    for field in ("meta_grad_clip", "max_norm", "average_decay", "clip"):
+      check_number(field, getattr(self, field))
     if not 0.0 <= self.average_decay < 1.0:
       raise ValueError(f"average_decay must be in [0, 1), got {self.average_decay}")
-    if self.validate_every < 0:
-      raise ValueError(f"validate_every must be >= 0, got {self.validate_every}")
-    for field in ("units", "envs_per_unit", "reset_interval", "inner_updates", "iterations"):
-      if getattr(self, field) < 1:
-        raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
+    if self.clip < 0:
+      raise ValueError(f"clip must be >= 0 (0: no clipping), got {self.clip}")
+    # Unknown or unavailable backends are refused here; the default is stored by name, so a
+    # run started without one and resumed with the one it chose is the same run.
+    object.__setattr__(self, "backend", resolve_backend(self.backend))
 
   @property
   def unit_life(self) -> int:

@@ -29,6 +29,7 @@ class MetaState(NamedTuple):
   iteration: jax.Array  # int32, iterations done
   key: jax.Array        # PRNG key of the next iteration
   best_score: jax.Array  # float32, best validation score so far (-inf: none yet)
+  best_meta: Any        # the meta-parameters that scored it (meta_best.npz; `meta` at first)
 
 
 class Metrics(NamedTuple):
@@ -36,6 +37,7 @@ class Metrics(NamedTuple):
   meta_grad_norm: jax.Array  # () the global norm of the meta-gradient averaged over tasks
   return_sums: jax.Array     # (tasks,) sum of the returns of the episodes that ended
   episodes: jax.Array        # (tasks,) number of those episodes
+  meta_finite: jax.Array     # () bool: the meta-parameters after the update are all finite
 
 
 def initial_state(cfg: MetaConfig, tasks: Tasks, mesh: Mesh | None = None) -> MetaState:
@@ -51,7 +53,8 @@ def initial_state(cfg: MetaConfig, tasks: Tasks, mesh: Mesh | None = None) -> Me
                                       mesh))
   rest = pipeline.replicate(dict(
       meta=meta, meta_opt=pipeline.meta_optimizer(cfg).init(meta), meta_avg=meta,
-      iteration=jnp.zeros([], jnp.int32), key=key, best_score=jnp.float32(-jnp.inf)), mesh)
+      iteration=jnp.zeros([], jnp.int32), key=key, best_score=jnp.float32(-jnp.inf),
+      best_meta=meta), mesh)
   # Every leaf in its own buffer (meta_avg is meta; Brax states share zeros): the state is
   # donated to the iteration, and a buffer cannot be donated twice.
   return jax.tree.map(jnp.copy, MetaState(units=tuple(units), **rest))
@@ -80,6 +83,7 @@ def make_iteration(cfg: MetaConfig, tasks: Tasks, mesh: Mesh | None = None):
     meta_avg = jax.tree.map(lambda a, m: decay * a + (1 - decay) * m, state.meta_avg, meta)
     state = state._replace(meta=meta, meta_opt=meta_opt, meta_avg=meta_avg, units=tuple(units),
                            iteration=t + 1, key=key)
-    return state, Metrics(pipeline.global_norm(grads), jnp.stack(ret), jnp.stack(eps))
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(meta)]))
+    return state, Metrics(pipeline.global_norm(grads), jnp.stack(ret), jnp.stack(eps), finite)
 
   return jax.jit(iteration, donate_argnums=0)

@@ -12,8 +12,10 @@ iterations read together), meta.npz (the latest meta-parameters, loadable by
 `optim4rl.load_meta_params`), meta_avg.npz (their exponential moving average, if
 `average_decay` > 0), with validation (`validate_every` > 0) validation.csv (the score of each
 validated iteration) and meta_best.npz (the best-scoring meta-parameters so far; their moving
-average is what is scored when one is kept), and checkpoints/ (orbax, the whole `MetaState`).
-Starting a run in a directory with a checkpoint resumes it.
+average is what is scored when one is kept), checkpoints/ (orbax, the whole `MetaState`) and
+.lock (held while a process runs it). Starting a run in a directory with a checkpoint resumes
+it from the newest readable one, and writes the .npz outputs again from it: they are replaced
+atomically and never older than the checkpoint.
 """
 from __future__ import annotations
 
@@ -29,10 +31,12 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from optim4rl.backends import resolve_backend
 from optim4rl.meta.config import MetaConfig
 from optim4rl.meta.iteration import MetaState, Metrics, initial_state, make_iteration
 from optim4rl.meta.tasks import TaskConfig, Tasks
 from optim4rl.rules import save_meta_params
+from optim4rl.training.files import RunLock, atomic_path, restore_newest, write_text
 
 LOG_FIELDS = ("iteration", "seconds", "env_steps", "meta_grad_norm")
 
@@ -45,50 +49,98 @@ def _identity(cfg: MetaConfig, task: TaskConfig) -> dict:
 
 def _comparable(section: dict, config) -> dict:
   """`section` of a stored config.json as `config`'s fields: JSON lists as tuples, fields added
-  since the run started at their defaults, `iterations` left out (a run may be extended)."""
+  since the run started at their defaults, `iterations` left out (a run may be extended), and
+  a backend left to the default (runs of earlier versions) as the one it resolves to here."""
   fields = {f.name: f.default for f in dataclasses.fields(config)}
-  return {k: (tuple(v) if isinstance(v, list) else v)
-          for k, v in {**fields, **section}.items() if k != "iterations"}
+  out = {k: (tuple(v) if isinstance(v, list) else v)
+         for k, v in {**fields, **section}.items() if k != "iterations"}
+  if "backend" in out and out["backend"] is None:
+    out["backend"] = resolve_backend(None)
+  return out
+
+
+def _describe(identity: dict) -> str:
+  """The task of a stored run, in words: "A2C on small_dense_short", "PPO on ant"."""
+  tasks = identity.get("tasks", {})
+  if "worlds" in tasks:
+    return f"A2C on {'+'.join(tasks['worlds'])}"
+  if "task" in tasks:
+    return f"PPO on {tasks['task']}"
+  return f"a {identity.get('plugin', 'unknown')} run"
 
 
 def _check_config(run_dir: Path, cfg: MetaConfig, task: TaskConfig):
-  """Refuse to resume a run of another configuration; record this one."""
+  """Refuse to resume a run of another configuration; record this one when the run is new or
+  extended (a smaller `iterations` leaves the record as it is)."""
   path = run_dir / "config.json"
   mine = _identity(cfg, task)
   if path.exists():
-    theirs = json.loads(path.read_text())
+    try:
+      theirs = json.loads(path.read_text())
+    except ValueError:
+      raise ValueError(f"{path} is damaged (not JSON); move {run_dir} aside to start again "
+                       f"or restore the file") from None
     if "meta" not in theirs or "plugin" not in theirs:
       raise ValueError(f"{run_dir} holds a run in an older format (its config.json has no "
                        f"'meta' and 'plugin' sections); use a new directory")
     if theirs["plugin"] != mine["plugin"]:
-      raise ValueError(f"{run_dir} holds a run with another configuration: a "
-                       f"{theirs['plugin']} run, not a {mine['plugin']} one; use a new directory")
+      raise ValueError(f"{run_dir} holds another task's run ({_describe(theirs)}), not "
+                       f"{_describe(mine)}; use a new directory")
     diff = {}
     for section, config in (("meta", cfg), ("tasks", task)):
       stored = _comparable(theirs[section], config)
       given = _comparable(mine[section], config)
       diff.update({k: (stored.get(k), v) for k, v in given.items() if stored.get(k) != v})
     if diff:
-      raise ValueError(f"{run_dir} holds a run with another configuration (stored, given): "
-                       f"{diff}; use a new directory")
-  path.write_text(json.dumps(mine, indent=1))
+      raise ValueError(f"{run_dir} holds a run of {_describe(theirs)} with another "
+                       f"configuration (stored, given): {diff}; use a new directory")
+    if theirs["meta"].get("iterations", 0) >= cfg.iterations:
+      return
+  write_text(path, json.dumps(mine, indent=1))
 
 
-def _truncate_csv(path: Path, iteration: int) -> list[dict]:
-  """Drop rows past the checkpoint being resumed from (they will be run again); returns the
-  rows kept."""
+def _read_rows(path: Path, iteration: int) -> list[dict]:
+  """The complete rows of a CSV log up to `iteration` (those after it will be run again; a row
+  torn by a kill is dropped)."""
   if not path.exists():
     return []
   with open(path, newline="") as f:
-    rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= iteration]
+    reader = csv.DictReader(f)
+    rows = []
+    for r in reader:
+      if None in r or any(v in (None, "") for v in r.values()):
+        continue
+      try:
+        if int(r["iteration"]) <= iteration:
+          rows.append(r)
+      except ValueError:
+        continue
+    return rows
+
+
+def _truncate_csv(path: Path, iteration: int) -> list[dict]:
+  """Keep the complete rows of `path` up to `iteration`, replacing it atomically; returns
+  them."""
+  rows = _read_rows(path, iteration)
   if not rows:
-    path.unlink()
+    path.unlink(missing_ok=True)
     return []
-  with open(path, "w", newline="") as f:
+  with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
     log = csv.DictWriter(f, fieldnames=list(rows[0]))
     log.writeheader()
     log.writerows(rows)
   return rows
+
+
+def _write_outputs(run_dir: Path, state: MetaState, cfg: MetaConfig):
+  """meta.npz, meta_avg.npz and meta_best.npz of `state` (each replaced atomically): after
+  every checkpoint, and again from the checkpoint a run resumes from, so a kill between the
+  two never leaves them stale or missing."""
+  save_meta_params(run_dir / "meta.npz", state.meta, cfg.rule)
+  if cfg.average_decay > 0:
+    save_meta_params(run_dir / "meta_avg.npz", state.meta_avg, cfg.rule)
+  if cfg.validate_every > 0 and np.isfinite(float(state.best_score)):
+    save_meta_params(run_dir / "meta_best.npz", state.best_meta, cfg.rule)
 
 
 def _append_row(path: Path, row: dict):
@@ -111,7 +163,8 @@ def _validate(tasks: Tasks, state: MetaState, run_dir: Path, cfg: MetaConfig
   _append_row(run_dir / "validation.csv", {"iteration": int(state.iteration),
                                            "final_return": score, "stderr": se})
   if score > float(state.best_score):
-    state = state._replace(best_score=jnp.float32(score))
+    # A copy: the state is donated to the next iteration, and a buffer cannot be donated twice.
+    state = state._replace(best_score=jnp.float32(score), best_meta=jax.tree.map(jnp.copy, meta))
     save_meta_params(run_dir / "meta_best.npz", meta, cfg.rule)
   return state, score
 
@@ -139,10 +192,13 @@ class _Log:
     now = time.time() - self.t0
     row = {}
     for j, ((done, _), m) in enumerate(zip(pending, metrics)):
-      if not np.isfinite(m.meta_grad_norm):
+      if not (np.isfinite(m.meta_grad_norm) and m.meta_finite):
         self.flush()
-        raise FloatingPointError(f"the meta-gradient of iteration {done} is not finite; the "
-                                 f"last checkpoint in {run_dir} is intact")
+        what = ("the meta-gradient of iteration {} is" if not np.isfinite(m.meta_grad_norm)
+                else "the meta-parameters after iteration {} are").format(done)
+        raise FloatingPointError(f"{what} not finite (is the "
+                                 f"meta learning rate too large?); stopped, the last checkpoint "
+                                 f"in {run_dir} is intact")
       row = {"iteration": done,
              "seconds": round(self.last + (now - self.last) * (j + 1) / len(pending), 3),
              "env_steps": done * self.env_steps, "meta_grad_norm": float(m.meta_grad_norm)}
@@ -174,23 +230,40 @@ def meta_train(cfg: MetaConfig, task: TaskConfig, run_dir: str | Path, *,
   `task`: a plug-in's config (`meta.a2c.GridworldConfig`: A2C on gridworlds,
   `meta.ppo.BraxConfig`: PPO on Brax); `mesh`, a `pipeline.units_mesh`, splits the units over
   its devices. The device's metrics are read every `log_every` iterations;
-  `progress(iteration, row)` is called for every row of log.csv as it is written (with the
-  validation score under "validation" on validated iterations).
+  `progress(iteration, row)` is called once with an empty row when the run starts (validated,
+  locked and restored; `iteration` is where it resumes) and then for every row of log.csv as
+  it is written (with the validation score under "validation" on validated iterations).
+
+  Nothing is written before the whole configuration is validated; a second process on the
+  same `run_dir` is refused; a damaged newest checkpoint is reported and an older one used.
   """
   if checkpoint_every < 1 or log_every < 1:
     raise ValueError(f"checkpoint_every and log_every must be >= 1, got {checkpoint_every} "
                      f"and {log_every}")
+  # Everything is validated (the tasks built) before anything is written.
   tasks = task.tasks(cfg)
   if cfg.validate_every > 0 and tasks.validate is None:
     raise ValueError(f"validate_every: {type(task).__name__} has no validation")
   run_dir = Path(run_dir).absolute()
-  run_dir.mkdir(parents=True, exist_ok=True)
-  _check_config(run_dir, cfg, task)
+  with RunLock(run_dir):
+    _check_config(run_dir, cfg, task)
+    return _run(cfg, tasks, run_dir, checkpoint_every, log_every, progress, mesh)
+
+
+def _run(cfg: MetaConfig, tasks: Tasks, run_dir: Path, checkpoint_every: int, log_every: int,
+         progress, mesh):
   state = initial_state(cfg, tasks, mesh)
   manager = ocp.CheckpointManager(run_dir / "checkpoints",
                                   options=ocp.CheckpointManagerOptions(max_to_keep=2))
-  if manager.latest_step() is not None:
-    state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(state))
+  found = restore_newest(
+      manager.all_steps(),
+      lambda step: manager.restore(step, args=ocp.args.StandardRestore(state)),
+      str(run_dir / "checkpoints"))
+  if found is not None:
+    _, state, damaged = found
+    for step in damaged:  # computed again below
+      manager.delete(step)
+    _write_outputs(run_dir, state, cfg)
   iteration = make_iteration(cfg, tasks, mesh)
   start = int(state.iteration)
   logged = _truncate_csv(run_dir / "log.csv", start)
@@ -199,6 +272,8 @@ def meta_train(cfg: MetaConfig, task: TaskConfig, run_dir: str | Path, *,
              sum(t.env_steps_per_iteration for t in tasks.tasks),
              float(logged[-1]["seconds"]) if logged else 0.0, progress)
   pending = []  # (iteration number, its metrics on the device) not logged yet
+  if progress is not None:
+    progress(start, {})
   try:
     for t in range(start, cfg.iterations):
       state, metrics = iteration(state)
@@ -217,9 +292,7 @@ def meta_train(cfg: MetaConfig, task: TaskConfig, run_dir: str | Path, *,
         log.flush()
         manager.save(done, args=ocp.args.StandardSave(state))
         manager.wait_until_finished()
-        save_meta_params(run_dir / "meta.npz", state.meta, cfg.rule)
-        if cfg.average_decay > 0:
-          save_meta_params(run_dir / "meta_avg.npz", state.meta_avg, cfg.rule)
+        _write_outputs(run_dir, state, cfg)
       log.restart_clock()
       if progress is not None:
         progress(done, row)

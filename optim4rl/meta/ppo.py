@@ -20,7 +20,7 @@ import optax
 
 from optim4rl.agents import ppo
 from optim4rl.envs import brax_tasks
-from optim4rl.meta.config import MetaConfig
+from optim4rl.meta.config import MetaConfig, check_int, check_number
 from optim4rl.meta.tasks import Task, Tasks
 from optim4rl.transforms import init_state, learned_optimizer
 
@@ -38,8 +38,10 @@ class BraxConfig:
 
   def __post_init__(self):
     brax_tasks.settings(self.task)  # raises a clear error for unknown or removed tasks
-    if self.batch_size < 1:
-      raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+    check_int("batch_size", self.batch_size, 1)
+    check_number("agent_lr", self.agent_lr, positive=True)
+    if self.unroll_length is not None:
+      check_int("unroll_length", self.unroll_length, 1)
 
   def settings(self, cfg: MetaConfig) -> brax_tasks.PPOSettings:
     """The task's PPO settings with one batch of M + 1 minibatches per unit; raises if the

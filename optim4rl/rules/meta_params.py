@@ -93,21 +93,46 @@ def save_meta_params(path: str, meta, rule: str | Rule) -> None:
 
 
 def load_meta_params(path: str) -> tuple[dict, str]:
-  """Load (meta-parameters, rule name) saved by `save_meta_params`; validates everything."""
+  """Load (meta-parameters, rule name) saved by `save_meta_params`; validates everything.
+
+  A missing file raises FileNotFoundError; a damaged one (truncated, a byte flipped), another
+  kind of file or non-finite meta-parameters raise ValueError."""
   try:
-    data = np.load(path, allow_pickle=False)
-    header = json.loads(bytes(data["__header__"]).decode())
-  except (OSError, ValueError, KeyError) as e:
-    raise ValueError(f"{path!r} is not an optim4rl meta-parameter file: {e}") from None
-  if header.get("format") != "optim4rl-meta":
+    with open(path, "rb") as f:  # np.savez writes a zip archive; np.load reads others too
+      is_npz = f.read(4) == b"PK\x03\x04"
+    if is_npz:
+      # NpzFile reads each array lazily, so a damaged archive can fail at any read: all here.
+      with np.load(path, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+  except FileNotFoundError:
+    raise
+  # Whatever the OS, zipfile, zlib or numpy meet (BadZipFile, EOFError, a bad CRC, zlib.error,
+  # a damaged .npy header, ...) means the same to a user.
+  except Exception as e:
+    reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    raise ValueError(f"{path!r} is not a readable optim4rl meta-parameter file ({reason}); "
+                     "is it truncated or damaged? Save or copy it again") from None
+  if not is_npz:
+    raise ValueError(f"{path!r} is not an optim4rl meta-parameter file (not an .npz archive)")
+  try:
+    header = json.loads(bytes(arrays.pop("__header__")).decode())
+  except (KeyError, TypeError, ValueError):  # no header, or not JSON text
+    header = None
+  if (not isinstance(header, dict) or header.get("format") != "optim4rl-meta"
+      or not isinstance(header.get("rule"), str)):
     raise ValueError(f"{path!r} is not an optim4rl meta-parameter file")
   spec = get_rule(header["rule"])
   meta = {n: {"gru": {}, "mlp": {}} for n in spec.net_names}
   for n in spec.net_names:
     for g, leaf in NET_LEAVES:
       key = f"{n}/{g}/{leaf}"
-      if key not in data:
+      if key not in arrays:
         raise ValueError(f"{path!r} lacks meta-parameter {key}")
-      meta[n][g][leaf] = jnp.asarray(data[key])
+      meta[n][g][leaf] = jnp.asarray(arrays[key])
   check_meta_params(meta, spec)
+  for n in spec.net_names:  # shapes and dtype are right; now the values
+    for g, leaf in NET_LEAVES:
+      if not np.all(np.isfinite(arrays[f"{n}/{g}/{leaf}"])):
+        raise ValueError(f"{path!r} holds non-finite values (NaN or inf) in meta-parameter "
+                         f"{n}/{g}/{leaf}")
   return meta, spec.name

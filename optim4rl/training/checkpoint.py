@@ -3,17 +3,23 @@ far after chunks, so a killed run (an evaluation of many seeds and optimizers, s
 where it stopped and ends with the same curve as an uninterrupted one.
 
 A directory holds one run: identity.json (what the run is: a directory of another run is
-refused), state/ (orbax, the latest two saves) and history.npz (the curve up to the newest
-save, written after it).
+refused), state/ (orbax, the latest two saves) and history/STEP.npz (the curve up to each
+save, written after it). A save is complete when both exist; restore takes the newest complete
+save that can be read, reports and deletes a damaged newer one, and runs the rest again.
 """
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
+
+from optim4rl.training.files import atomic_path, restore_newest, write_text
+
+
+class RunMismatch(ValueError):
+  """The directory holds a run of another plan."""
 
 
 class RunCheckpoint:
@@ -27,14 +33,28 @@ class RunCheckpoint:
     self.directory.mkdir(parents=True, exist_ok=True)
     path = self.directory / "identity.json"
     identity = json.loads(json.dumps(identity))  # as it reads back (tuples become lists)
-    if path.exists() and json.loads(path.read_text()) != identity:
-      raise ValueError(f"{self.directory} holds another run ({json.loads(path.read_text())}, "
-                       f"not {identity}); use a new directory")
-    path.write_text(json.dumps(identity, indent=1))
+    if path.exists():
+      try:
+        stored = json.loads(path.read_text())
+      except ValueError:
+        raise ValueError(f"{path} is damaged (not JSON); move {self.directory} aside to start "
+                         f"this run again") from None
+      if stored != identity:
+        raise ValueError(f"{self.directory} holds another run ({stored}, not {identity}); use a "
+                         f"new directory")
+    else:
+      write_text(path, json.dumps(identity, indent=1))
     self._manager = None
     self._last_save = time.monotonic()
     self.resumed_after = 0  # chunks the newest save had done when the run was restored
     self.chunks = 0  # chunks of the whole run, once restored
+
+  @property
+  def _history_dir(self) -> Path:
+    return self.directory / "history"
+
+  def _history_path(self, step: int) -> Path:
+    return self._history_dir / f"{step}.npz"
 
   def _state_manager(self):
     if self._manager is None:
@@ -43,27 +63,48 @@ class RunCheckpoint:
           self.directory / "state", options=ocp.CheckpointManagerOptions(max_to_keep=2))
     return self._manager
 
+  def _adopt_legacy_history(self):
+    """Runs of earlier versions kept one history.npz, that of their newest save."""
+    legacy = self.directory / "history.npz"
+    if legacy.exists():
+      try:
+        with np.load(legacy) as h:
+          done = int(h["done"])
+        self._history_dir.mkdir(exist_ok=True)
+        legacy.replace(self._history_path(done))
+      except Exception:  # unreadable: its save counts as incomplete and runs again
+        legacy.unlink()
+
   def restore(self, state, per_chunk: int, chunks: int):
-    """(state, chunks done, returns, losses, stats: per-chunk lists) of the newest save, or
-    the given fresh `state` and nothing done if there is none."""
-    path = self.directory / "history.npz"
-    history = np.load(path) if path.exists() else None
-    done = int(history["done"]) if history is not None else 0
+    """(state, chunks done, returns, losses, stats: per-chunk lists) of the newest readable
+    save, or the given fresh `state` and nothing done if there is none."""
+    import orbax.checkpoint as ocp
     self.chunks = chunks
     manager = self._state_manager()
-    for step in manager.all_steps():  # saved after the history was last written: run again
-      if step > done:
+    self._adopt_legacy_history()
+    for step in manager.all_steps():  # killed after the state's save, before its history's
+      if not self._history_path(step).exists():
         manager.delete(step)
-    if history is None:
+
+    def load(step):
+      with np.load(self._history_path(step)) as h:
+        history = {k: h[k] for k in h.files}
+      if (int(history["per_chunk"]), int(history["chunks"])) != (per_chunk, chunks):
+        raise RunMismatch(f"{self.directory} holds a run of {int(history['chunks'])} chunks of "
+                          f"{int(history['per_chunk'])} updates, not {chunks} of {per_chunk}")
+      return manager.restore(step, args=ocp.args.StandardRestore(state)), history
+
+    found = restore_newest(manager.all_steps(), load, str(self.directory), fatal=(RunMismatch,))
+    self._prune()
+    if found is None:
       return state, 0, [], [], []
-    if (int(history["per_chunk"]), int(history["chunks"])) != (per_chunk, chunks):
-      raise ValueError(f"{self.directory} holds a run of {int(history['chunks'])} chunks of "
-                       f"{int(history['per_chunk'])} updates, not {chunks} of {per_chunk}")
-    import orbax.checkpoint as ocp
-    state = manager.restore(done, args=ocp.args.StandardRestore(state))
+    done, (state, history), damaged = found
+    for step in damaged:
+      manager.delete(step)
+      self._history_path(step).unlink(missing_ok=True)
     self.resumed_after = done
     per_chunk_list = lambda name: list(np.moveaxis(history[name], 1, 0))
-    stats = per_chunk_list("stats") if "stats" in history.files else [None] * done
+    stats = per_chunk_list("stats") if "stats" in history else [None] * done
     return state, done, per_chunk_list("returns"), per_chunk_list("losses"), stats
 
   def save(self, done: int, state, returns: list, losses: list, stats: list, *, per_chunk: int,
@@ -79,10 +120,18 @@ class RunCheckpoint:
                   returns=np.stack(returns, 1), losses=np.stack(losses, 1))
     if stats[0] is not None:
       arrays["stats"] = np.stack(stats, 1)
-    tmp = self.directory / "history.tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, self.directory / "history.npz")  # the history never runs ahead of the state
+    self._history_dir.mkdir(exist_ok=True)
+    with atomic_path(self._history_path(done)) as tmp:  # the save is complete once it exists
+      np.savez(tmp, **arrays)
+    self._prune()
     self._last_save = time.monotonic()
+
+  def _prune(self):
+    """Histories of the saves orbax no longer keeps."""
+    kept = set(self._state_manager().all_steps())
+    for path in self._history_dir.glob("*.npz") if self._history_dir.exists() else ():
+      if path.stem.isdigit() and int(path.stem) not in kept:
+        path.unlink()
 
   def close(self):
     if self._manager is not None:

@@ -61,6 +61,8 @@ def _report(progress: Callable[[int, int, float], None], chunk: int, env_steps: 
 def chunk_plan(steps: int, steps_per_update: int, chunks: int) -> tuple[int, int]:
   """(updates per chunk, chunks) of `run_chunks`: about `chunks` equal scans, never fewer
   environment steps than asked."""
+  if not steps >= 1:  # NaN fails too
+    raise ValueError(f"a run needs at least 1 environment step, got {steps}")
   updates = max(1, int(steps) // steps_per_update)
   per_chunk = -(-updates // max(1, min(chunks, updates)))  # ceil
   return per_chunk, -(-updates // per_chunk)

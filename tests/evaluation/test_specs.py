@@ -37,6 +37,26 @@ def test_bad_specs_are_value_errors(spec, error):
     specs.optimizer_for(spec, "small_dense_short", updates=10)
 
 
+@pytest.mark.parametrize("spec", ["adam@nan", "adam@-1", "adam@inf", "adam@0", "sgd@-inf"])
+def test_learning_rates_must_be_finite_and_positive(spec):
+  with pytest.raises(ValueError, match=f"optimizer '{spec}': the learning rate must be a "
+                                       "finite number > 0, got"):
+    specs.optimizer_for(spec, "small_dense_short", updates=10)
+
+
+def test_bad_learning_rate_arguments_and_classical_clips_are_value_errors():
+  with pytest.raises(ValueError, match="optimizer 'adam': the learning rate must be.*got -1.0"):
+    specs.optimizer_for("adam", "small_dense_short", updates=10, learning_rate=-1.0)
+  with pytest.raises(ValueError, match="optimizer 'sgd': the learning rate must be.*got nan"):
+    specs.make_optimizer("sgd", float("nan"))
+  # optax.clip(0) would zero every update, silently.
+  for clip in (0, 0.0, -1.0, float("nan"), float("inf")):
+    with pytest.raises(ValueError, match="optimizer 'adam': clip must be None .* or a finite"):
+      specs.make_optimizer("adam", 1e-3, clip=clip)
+  for clip in (None, 0.5):
+    specs.make_optimizer("rmsprop", 1e-3, clip=clip)
+
+
 def test_meta_file_hash(tmp_path):
   assert specs.meta_file_hash("adam@3e-2") is None
   path = tmp_path / "meta.npz"

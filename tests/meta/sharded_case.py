@@ -1,6 +1,6 @@
 """Run by the tests in a fresh process with 2 simulated host devices: meta-training with its
 units split over both devices (A2C on a gridworld, or PPO on Brax) gives the single-device
-meta-gradient and units, and the meta-training loop runs and resumes so split.
+meta-gradient and units, and (gridworld) the meta-training loop runs and resumes so split.
 
 Usage: sharded_case.py gridworld|ppo BACKEND
 """
@@ -63,6 +63,9 @@ def main(kind, backend):
     assert rel_err(u2.opt_state, u1.opt_state) <= 1e-4, (t, rel_err(u2.opt_state, u1.opt_state))
     assert float(e1) == float(e2) and abs(float(r1) - float(r2)) <= 1e-3 * max(1.0, abs(float(r1)))
     assert max(float(jnp.abs(x).max()) for x in jax.tree.leaves(g1)) > 0, "zero meta-gradient"
+  if kind != "gridworld":  # the loop is the same for every plug-in: run it once, on the cheaper
+    print("sharded == single")
+    return
   # End to end: the meta-training loop with its units split over both devices, resumed.
   with tempfile.TemporaryDirectory() as run_dir:
     meta_train(dataclasses.replace(cfg, iterations=1), plugin, run_dir,

@@ -13,8 +13,8 @@ from optim4rl.meta import a2c as M
 from optim4rl.meta import pipeline
 from optim4rl.meta.config import MetaConfig
 from optim4rl.meta.loop import meta_train
-from optim4rl.meta.tasks import Task, Tasks
 from conftest import rel_err, required_kernel_backends
+from toy_task import Toy
 
 CFG = MetaConfig(units=4, envs_per_unit=2, reset_interval=4, iterations=4, seed=0)
 GRID = M.GridworldConfig(worlds=("small_dense_short",), agent_lrs=(1e-2,))
@@ -138,21 +138,6 @@ def test_killed_run_resumes_exactly(tmp_path):
     meta_train(CFG, dataclasses.replace(GRID, agent_lrs=(2e-2,)), tmp_path / "split")
 
 
-@dataclasses.dataclass(frozen=True)
-class Toy:
-  """A task plug-in without agents: a unit counts its iterations, its loss is |meta|^2; from
-  iteration `nan_from` on (if > 0) the loss is nan."""
-  nan_from: int = 0
-
-  def tasks(self, cfg):
-    def unit_loss(meta, count):
-      loss = sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(meta))
-      loss = loss * jnp.where((self.nan_from > 0) & (count + 1 >= self.nan_from), jnp.nan, 1.0)
-      return loss, (count + 1, (jnp.float32(1), jnp.float32(1)))
-    fresh = lambda keys: jnp.zeros(keys.shape[0], jnp.int32)
-    return Tasks((Task("toy", unit_loss, fresh, cfg.units),))
-
-
 def test_the_loop_runs_any_plugin_and_stops_at_a_non_finite_meta_gradient(tmp_path):
   cfg = dataclasses.replace(CFG, reset_interval=100)  # no resets after the first iteration
   meta_train(cfg, Toy(), tmp_path / "fine")
@@ -167,7 +152,8 @@ def test_the_loop_runs_any_plugin_and_stops_at_a_non_finite_meta_gradient(tmp_pa
   assert np.all(np.isfinite(optim4rl.flatten_meta(saved, rule)))
   with pytest.raises(ValueError, match="another configuration.*nan_from"):
     meta_train(cfg, Toy(), tmp_path / "nan")
-  with pytest.raises(ValueError, match="a Toy run, not a GridworldConfig"):
+  with pytest.raises(ValueError,
+                     match=r"another task's run \(a Toy run\), not A2C on small_dense_short"):
     meta_train(cfg, GRID, tmp_path / "nan")
 
 
