@@ -48,7 +48,7 @@ def layer_of(module: str) -> str | None:
     return "rules/constants" if parts[2:] == ["constants"] else "rules"
   if sub in ("backends", "kernels"):  # the Triton kernels are the "triton" backend's code
     return "backends"
-  if sub in ("transforms", "schedules"):
+  if sub in ("transforms", "schedules", "open_optimizer"):
     return "transforms/schedules"
   if sub in ("envs", "agents", "training", "meta", "evaluation", "cli"):
     return sub
