@@ -174,6 +174,13 @@ def test_a_typo_writes_nothing_and_the_corrected_command_is_the_same_run(tmp_pat
   assert (run / "config.json").read_text() == config
 
 
+def test_a_damaged_config_is_a_clear_error(whole, tmp_path):
+  run = copy_run(whole, tmp_path / "run")
+  (run / "config.json").write_text('{"meta": {"rule": "optim')  # torn by an old writer
+  with pytest.raises(ValueError, match="config.json is damaged"):
+    meta_train(CFG, TOY, run, checkpoint_every=2)
+
+
 def test_fewer_iterations_than_a_finished_run_change_nothing(whole, tmp_path):
   run = copy_run(whole, tmp_path / "run")
   config = (run / "config.json").read_text()

@@ -36,7 +36,8 @@ from optim4rl.meta.config import MetaConfig
 from optim4rl.meta.iteration import MetaState, Metrics, initial_state, make_iteration
 from optim4rl.meta.tasks import TaskConfig, Tasks
 from optim4rl.rules import save_meta_params
-from optim4rl.training.files import RunLock, atomic_path, restore_newest, write_text
+from optim4rl.training.files import (RunLock, atomic_path, read_record, restore_newest,
+                                     write_text)
 
 LOG_FIELDS = ("iteration", "seconds", "env_steps", "meta_grad_norm")
 
@@ -75,11 +76,7 @@ def _check_config(run_dir: Path, cfg: MetaConfig, task: TaskConfig):
   path = run_dir / "config.json"
   mine = _identity(cfg, task)
   if path.exists():
-    try:
-      theirs = json.loads(path.read_text())
-    except ValueError:
-      raise ValueError(f"{path} is damaged (not JSON); move {run_dir} aside to start again "
-                       f"or restore the file") from None
+    theirs = read_record(path)
     if "meta" not in theirs or "plugin" not in theirs:
       raise ValueError(f"{run_dir} holds a run in an older format (its config.json has no "
                        f"'meta' and 'plugin' sections); use a new directory")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from optim4rl.training.files import atomic_path, restore_newest, write_text
+from optim4rl.training.files import atomic_path, read_record, restore_newest, write_text
 
 
 class RunMismatch(ValueError):
@@ -34,11 +34,7 @@ class RunCheckpoint:
     path = self.directory / "identity.json"
     identity = json.loads(json.dumps(identity))  # as it reads back (tuples become lists)
     if path.exists():
-      try:
-        stored = json.loads(path.read_text())
-      except ValueError:
-        raise ValueError(f"{path} is damaged (not JSON); move {self.directory} aside to start "
-                         f"this run again") from None
+      stored = read_record(path)
       if stored != identity:
         raise ValueError(f"{self.directory} holds another run ({stored}, not {identity}); use a "
                          f"new directory")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import logging
 import os
 import sys
@@ -50,6 +51,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.replace(tmp, path)
   finally:
     tmp.unlink(missing_ok=True)
+
+
+def read_record(path: str | Path) -> dict:
+  """A run's JSON record (config.json, identity.json); a damaged one is a clear ValueError."""
+  path = Path(path)
+  try:
+    return json.loads(path.read_text())
+  except ValueError:
+    raise ValueError(f"{path} is damaged (not JSON); restore it, or move {path.parent} aside to "
+                     f"start the run again") from None
 
 
 def write_text(path: str | Path, text: str) -> None:
