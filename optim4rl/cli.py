@@ -5,6 +5,8 @@
   python -m optim4rl train --world small_dense_short --optimizer adam
   python -m optim4rl evaluate --task ant --optimizers adam@3e-4 optim4rl:runs/six/meta.npz@3e-4
   python -m optim4rl evaluate --world small_dense_short --optimizers adam@3e-2 adam@5e-2:linear
+  python -m optim4rl evaluate --task Breakout-MinAtar --steps 1e7 --seeds 4 \
+      --optimizers open:breakout adam@5e-3:linear
   python -m optim4rl gradients --worlds big_dense_long --tasks ant humanoid
   python -m optim4rl bench --sizes 1e5 1e6
 
@@ -76,6 +78,18 @@ def _task_name(text: str) -> str:
   except ValueError as err:  # unknown, or used by the paper and since removed from Brax
     raise argparse.ArgumentTypeError(str(err)) from None
   return text
+
+
+def _any_task(text: str) -> str:
+  """A Brax task or a gymnax one (MinAtar: "Breakout-MinAtar")."""
+  from optim4rl.envs import gymnax_tasks
+  if text in gymnax_tasks.TASKS:
+    return text
+  try:
+    return _task_name(text)
+  except argparse.ArgumentTypeError as err:
+    raise argparse.ArgumentTypeError(f"{err}; gymnax tasks: {', '.join(sorted(gymnax_tasks.TASKS))}"
+                                     ) from None
 
 
 def _trainer(args, steps: int):
@@ -176,6 +190,7 @@ def cmd_train(args):
   steps = args.steps
   trainer = _trainer(args, steps)
   tx = specs.optimizer_for(args.optimizer, trainer.environment, updates=trainer.updates,
+                           open_plan=trainer.open_plan,
                            backend=args.backend, learning_rate=args.lr)
   curve = trainer.run(tx, seeds=(args.seed,),
                       progress=_train_progress(steps, f"{args.optimizer} on {trainer.environment}"))
@@ -227,7 +242,9 @@ def cmd_bench(args):
 def _add_environment(p):
   where = p.add_mutually_exclusive_group()
   where.add_argument("--world", type=_world_name, default="small_dense_short")
-  where.add_argument("--task", type=_task_name, help="a Brax task (PPO) instead of a gridworld")
+  where.add_argument("--task", type=_any_task,
+                     help="a Brax task or a gymnax one (Breakout-MinAtar, ...; PPO) instead of a "
+                          "gridworld")
   p.add_argument("--envs", type=_positive_int, default=512, help="gridworld envs per agent")
   p.add_argument("--small", action="store_true",
                  help="Brax: CPU-size PPO settings (64 envs, 4 minibatches of 64, 2 epochs)")
@@ -291,7 +308,8 @@ def parser() -> argparse.ArgumentParser:
   p = sub.add_parser("train", help="train one agent (A2C on a gridworld, PPO on a Brax task)")
   _add_environment(p)
   p.add_argument("--optimizer", default="adam",
-                 help="adam | rmsprop | sgd | RULE:PATH, optionally @LR[:SCHEDULE]")
+                 help="adam | rmsprop | sgd | RULE:PATH, optionally @LR[:SCHEDULE]; or "
+                      "open:PATH / open:breakout (OPEN, gymnax tasks)")
   p.add_argument("--lr", type=_positive_number)
   p.add_argument("--steps", type=_positive_int, default=3_000_000)
   p.add_argument("--seed", type=_integer_any, default=0)

@@ -55,6 +55,7 @@ def evaluate_specs(trainer: Trainer, specs: list[str], *, seeds: int, directory:
   earlier run had done."""
   # All built (and their meta files read) before any training, so a bad spec fails at once.
   optimizers = {spec: optimizer_for(spec, trainer.environment, updates=trainer.updates,
+                                    open_plan=trainer.open_plan,
                                     backend=backend) for spec in specs}
   meta_hashes = {spec: meta_file_hash(spec) for spec in specs}
   checkpoints = {}

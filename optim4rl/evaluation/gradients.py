@@ -111,7 +111,8 @@ def gradient_study(worlds: list[str], tasks: list[str], out: str | Path, *,
     # 12 chunks: 4 per stage; training-episode returns suffice (no evaluation episodes).
     trainer = make_trainer(name, steps=int(steps), envs=envs, small=small, eval_envs=0,
                            chunks=12)
-    tx = optimizer_for(optimizer, name, updates=trainer.updates, backend=backend)
+    tx = optimizer_for(optimizer, name, updates=trainer.updates, backend=backend,
+                       open_plan=trainer.open_plan)
     curve = trainer.run(tx, seeds=(seed,), grad_stat=log_histogram,
                         progress=progress(name, int(steps)) if progress else None)
     for stage, counts in zip(STAGES, stages(curve.stats, len(STAGES))):

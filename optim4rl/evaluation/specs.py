@@ -3,8 +3,10 @@
 Optimizers are named by specs: "adam", "rmsprop", "sgd" (optax, with the elementwise gradient
 clip of 1 used in the paper's configs), or "RULE:PATH" for a learned optimizer whose
 meta-parameters were saved to PATH (RULE is optim4rl, optim4rl_public, linear_optim, l2lgd2;
-"learned:PATH" takes the rule stored in the file). Any of them can run under a schedule
-(SCHEDULES) that scales its steps over training, alike for every optimizer.
+"learned:PATH" takes the rule stored in the file), or "open:PATH" for OPEN (a .npy of the
+authors' or our .npz; "open:breakout" etc. for the published sets), which agents reporting
+their activations can run (gymnax PPO). Any but OPEN can run under a schedule (SCHEDULES) that
+scales its steps over training, alike for every optimizer.
 
 `optimizer_for` builds the optimizer of a full spec for a run on an environment (its default
 learning rate and clip); `make_optimizer` that of NAME[:PATH] with everything given.
@@ -27,8 +29,11 @@ CLASSICAL = {"adam": optax.adam, "rmsprop": optax.rmsprop, "sgd": optax.sgd}
 
 def default_learning_rate(world_name: str) -> float:
   """Agent learning rates of Appendix C.3: 1e-2 for the small worlds, 3e-3 for the big; for
-  Brax tasks, the learning rate of Brax's PPO example."""
+  Brax tasks, the learning rate of Brax's PPO example; for gymnax tasks, PureJaxRL's."""
   if world_name not in gw.WORLD_NAMES:
+    from optim4rl.envs import gymnax_tasks
+    if world_name in gymnax_tasks.TASKS:
+      return gymnax_tasks.settings(world_name).learning_rate
     from optim4rl.envs import brax_tasks
     return brax_tasks.settings(world_name).learning_rate
   return 3e-3 if gw.make(world_name).is_big else 1e-2
@@ -43,12 +48,16 @@ def split_spec(spec: str) -> tuple[str, str, str]:
 
 
 def optimizer_for(spec: str, environment: str, *, updates: int, backend: str | None = None,
-                  learning_rate: float | None = None) -> optax.GradientTransformation:
+                  learning_rate: float | None = None,
+                  open_plan=None) -> optax.GradientTransformation:
   """The optax optimizer of a full spec NAME[:PATH][@LR[:SCHEDULE]] ("adam@3e-3",
   "adam@5e-2:linear") for a run of `updates` optimizer updates on `environment` (a gridworld
-  or a Brax task). `learning_rate` overrides LR; without either, the environment's default
-  learning rate applies."""
+  or a Brax or gymnax task). `learning_rate` overrides LR; without either, the environment's
+  default learning rate applies. "open:PATH" (OPEN, no learning rate) needs the run's
+  `open_plan` (`Trainer.open_plan`), which only agents that report activations have."""
   name, lr_text, schedule = split_spec(spec)
+  if name.partition(":")[0] == "open":
+    return _open(spec, environment, lr_text or schedule or learning_rate, open_plan, backend)
   if learning_rate is None and lr_text:
     try:
       learning_rate = float(lr_text)
@@ -65,8 +74,34 @@ def optimizer_for(spec: str, environment: str, *, updates: int, backend: str | N
 
 def meta_file_hash(spec: str) -> str | None:
   """SHA-256 of the meta-parameter file a learned optimizer's spec names (None: classical)."""
-  _, _, path = split_spec(spec)[0].partition(":")
+  name, _, path = split_spec(spec)[0].partition(":")
+  if name == "open" and path:
+    path = _open_file(path)
   return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
+
+
+def _open_file(path: str) -> Path:
+  """The file of "open:PATH": a path, or the name of published meta-parameters ("breakout")."""
+  from optim4rl.rules.open import PRETRAINED
+  published = PRETRAINED / f"{path}_OPEN.npy"
+  return published if not Path(path).exists() and published.exists() else Path(path)
+
+
+def _open(spec: str, environment: str, step_setting, plan, backend: str | None):
+  from optim4rl.open_optimizer import open_optimizer
+  from optim4rl.rules.open import load_open_meta
+  if step_setting:
+    raise ValueError(f"optimizer {spec!r}: OPEN learns its own step sizes; it takes no learning "
+                     f"rate or schedule")
+  if plan is None:
+    raise ValueError(f"optimizer {spec!r}: OPEN needs an agent that reports its layers' "
+                     f"activations (PPO on a gymnax task such as Breakout-MinAtar), not "
+                     f"{environment}'s")
+  _, _, path = split_spec(spec)[0].partition(":")
+  if not path:
+    raise ValueError(f"optimizer {spec!r}: name its meta-parameters, open:PATH or a published "
+                     f"set (open:breakout, open:multi, ...)")
+  return open_optimizer(load_open_meta(_open_file(path)), plan=plan, backend=backend)
 
 
 def make_optimizer(spec: str, learning_rate: float, *, clip: float | None = 1.0,

@@ -5,7 +5,7 @@ arguments, so comparisons and studies treat gridworlds and Brax tasks alike.
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from optim4rl.envs import gridworld as gw
 from optim4rl.training.curve import Curve
@@ -18,6 +18,7 @@ class Trainer(NamedTuple):
   run: Callable[..., Curve]  # run(tx, seeds=, progress=, checkpoint=, grad_stat=) -> Curve
   updates: int  # optimizer updates of one run (for schedules)
   settings: dict  # the agent's other settings a run's curve depends on (JSON-able)
+  open_plan: Any = None  # OpenPlan of a run whose agent gives OPEN what it needs (else None)
 
 
 def brax_eval_envs(small: bool, eval_envs: int | None = None) -> int:
@@ -30,7 +31,8 @@ def make_trainer(environment: str, *, steps: int, envs: int = 512, small: bool =
   """The trainer of `steps` environment steps per agent on `environment`, in `chunks` scans
   (default: the trainer's). Gridworlds: A2C with `envs` worlds per agent. Brax tasks: PPO,
   at CPU size if `small`, scoring each chunk by deterministic episodes in `eval_envs` envs
-  (`brax_eval_envs`; 0: returns of the training episodes)."""
+  (`brax_eval_envs`; 0: returns of the training episodes). Gymnax tasks (MinAtar): PPO at
+  the OPEN paper's settings, scored by the training episodes' returns."""
   if environment in gw.WORLD_NAMES:
     from optim4rl.training import a2c
     world = gw.make(environment)
@@ -38,6 +40,9 @@ def make_trainer(environment: str, *, steps: int, envs: int = 512, small: bool =
     run = lambda tx, **kw: a2c.train(world, tx, steps=steps, num_envs=envs, chunks=chunks, **kw)
     return Trainer(environment, "A2C", steps, run,
                    a2c.optimizer_updates(steps, envs, chunks=chunks), dict(envs=envs))
+  from optim4rl.envs import gymnax_tasks
+  if environment in gymnax_tasks.TASKS:
+    return _gymnax_trainer(environment, steps, chunks)
   from optim4rl.training import ppo  # Brax is imported only for Brax tasks
   settings = ppo.small(environment) if small else None  # also rejects unknown tasks
   eval_envs = brax_eval_envs(small, eval_envs)
@@ -47,3 +52,17 @@ def make_trainer(environment: str, *, steps: int, envs: int = 512, small: bool =
   return Trainer(environment, "PPO", steps, run,
                  ppo.optimizer_updates(environment, steps, settings, chunks),
                  dict(small=small, eval_envs=eval_envs))
+
+
+def _gymnax_trainer(task: str, steps: int, chunks: int | None) -> Trainer:
+  """PPO on a gymnax task (MinAtar): its networks report the activations OPEN reads."""
+  from optim4rl.envs import gymnax_tasks
+  from optim4rl.open_optimizer import OpenPlan
+  from optim4rl.training import ppo_gymnax
+  s = gymnax_tasks.settings(task)
+  chunks = chunks or ppo_gymnax.CHUNKS
+  run = lambda tx, **kw: ppo_gymnax.train(task, tx, steps=steps, chunks=chunks, **kw)
+  updates = ppo_gymnax.optimizer_updates(task, steps, chunks=chunks)
+  plan = OpenPlan(minibatches=s.num_minibatches, epochs=s.num_epochs,
+                  updates=updates // (s.num_minibatches * s.num_epochs))
+  return Trainer(task, "PPO", steps, run, updates, {}, plan)
