@@ -4,18 +4,19 @@
 // of all batch entries are spread over OpenMP threads. The backward recomputes the forward
 // per block and accumulates meta-parameter cotangents in per-thread lane accumulators,
 // flushed to double precision every kFlushBlocks blocks; per-thread partials are summed in
-// thread order, so results are deterministic for a given thread count.
+// thread order, so results are deterministic for a given thread count. The module also
+// registers OPEN's forward (open_cpu_ffi.cc) and reports what both were built with.
 #include <omp.h>
-#include <xmmintrin.h>
 
 #include <algorithm>
-#include <cstring>
 #include <vector>
 
 #include <pybind11/pybind11.h>
 
+#include "cpu_block.h"
 #include "cpu_simd.h"
 #include "ffi_common.h"
+#include "open_py_info.h"
 #include "optim4rl_math.h"
 #include "py_info.h"
 #include "xla/ffi/api/ffi.h"
@@ -28,25 +29,6 @@ namespace {
 
 constexpr int64_t kFlushBlocks = 32;     // lane sums stay short: fp32 error stays ~1e-7
 constexpr int64_t kMinParallelBlocks = 64;  // below this, threads cost more than they save
-
-// Load W values starting at x[i0] (n valid, rest zero) and store them back.
-inline vf load(const float* x, int64_t n) {
-  vf v = {};
-  std::memcpy(&v, x, sizeof(float) * n);
-  return v;
-}
-inline void store(float* x, vf v, int64_t n) { std::memcpy(x, &v, sizeof(float) * n); }
-
-// Denormals flushed to zero on every worker thread, as XLA does on CPU: activations near
-// 1e-38 would otherwise hit the slow microcode path. Speed only: the denormal policy for the
-// gradient input is explicit in the shared math (flush_denormal), the same on every backend.
-class FlushDenormals {
- public:
-  FlushDenormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | 0x8040); }  // FTZ | DAZ
-  ~FlushDenormals() { _mm_setcsr(saved_); }
- private:
-  unsigned saved_;
-};
 
 struct Problem {  // one fused call: B independent (meta, g, h) triples of P parameters
   int64_t batch, params, blocks;  // blocks per batch entry
@@ -205,6 +187,9 @@ ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> meta, ffi::Buffer<ffi::F32> g,
 }  // namespace
 }  // namespace o4r::cpu
 
+// OPEN's forward, defined in open_cpu_ffi.cc.
+extern "C" XLA_FFI_Error* Optim4rlCpuOpenForward(XLA_FFI_CallFrame* call_frame);
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(Optim4rlCpuForward, o4r::cpu::ForwardImpl,
                               o4r::call_signature<3>(ffi::Ffi::Bind()));
 
@@ -217,8 +202,10 @@ PYBIND11_MODULE(_cpu, m) {
     py::dict d;
     d["optim4rl_cpu_forward"] = py::capsule(reinterpret_cast<void*>(Optim4rlCpuForward));
     d["optim4rl_cpu_backward"] = py::capsule(reinterpret_cast<void*>(Optim4rlCpuBackward));
+    d["optim4rl_cpu_open_forward"] = py::capsule(reinterpret_cast<void*>(Optim4rlCpuOpenForward));
     return d;
   });
   o4r::add_info(m);
+  o4r::open::add_info(m);
   m.def("num_threads", []() { return omp_get_max_threads(); });
 }

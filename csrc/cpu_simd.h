@@ -17,6 +17,16 @@ struct VecMath {
   static inline vf splat(float x) { return vf{} + x; }
   static inline vf select(vi mask, vf a, vf b) { return mask ? a : b; }
 
+  static inline vf fma(vf a, vf b, vf c) {  // a b + c, one rounding
+#if defined(__AVX512F__)
+    return (vf)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#else
+    vf r;
+    for (int i = 0; i < W; ++i) r[i] = __builtin_fmaf(a[i], b[i], c[i]);
+    return r;
+#endif
+  }
+
   static inline vf sqrt(vf x) {
 #if defined(__AVX512F__)
     return (vf)_mm512_sqrt_ps((__m512)x);

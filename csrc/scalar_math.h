@@ -16,6 +16,7 @@ struct ScalarMath {
   static O4R_FN float log(float x) { return logf(x); }
   static O4R_FN float tanh(float x) { return tanhf(x); }
   static O4R_FN float sqrt(float x) { return sqrtf(x); }
+  static O4R_FN float fma(float a, float b, float c) { return fmaf(a, b, c); }
   static O4R_FN float rcp(float x) { return 1.0f / x; }
 };
 

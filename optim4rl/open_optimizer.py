@@ -18,6 +18,11 @@ What the tree says:
 Training and batch proportion come from the state's step count and the run's `OpenPlan`. The
 update is p_new = p - (u - mean u), the mean over all elements of all networks. Gradients are
 taken as given: OPEN's PPO clips each network's by global norm 0.5 first, as it does for Adam.
+
+**backend**: "reference" steps the tree tensor by tensor with the specification's
+`tensor_step`; "cpu" lays every tensor end to end and steps them all in one call of the fused
+C++ kernel (optim4rl/backends/open_step.py), with the same noise (the same keys) and the same
+state layout; None takes "cpu" where the library has the kernel and JAX runs on CPU.
 """
 from __future__ import annotations
 
@@ -26,8 +31,10 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from optim4rl.backends.open_step import open_step, resolve_open_backend
 from optim4rl.rules import open as spec
 from optim4rl.rules.open import OpenMeta
 
@@ -124,17 +131,20 @@ def _dormancy(activations, leaf: _Leaf, shape: tuple):
 
 
 def open_optimizer(meta: OpenMeta, *, plan: OpenPlan,
-                   actor: str | Callable[[tuple], bool] = "actor"
-                   ) -> optax.GradientTransformationExtraArgs:
+                   actor: str | Callable[[tuple], bool] = "actor",
+                   backend: str | None = None) -> optax.GradientTransformationExtraArgs:
   """OPEN as an optax transformation; `update(grads, state, params, activations=, key=)`.
 
   `plan`: the run's minibatches per epoch, epochs and rollouts (training and batch
-  proportion); `actor`: which network gets the learned noise (see the module docstring).
+  proportion); `actor`: which network gets the learned noise (see the module docstring);
+  `backend`: "reference", "cpu" or None (the kernel where it can run; see the docstring).
   Meta-parameters may be tracers (evolution strategies vmap over them)."""
   net = spec.net_of(meta)
   if not all(isinstance(v, int) and v >= 1 for v in plan):
     raise ValueError(f"OPEN: the plan's minibatches, epochs and updates must be integers >= 1, "
                      f"got {plan}")
+  backend = resolve_open_backend(backend)
+  step = _flat_step if backend == "cpu" else _tensor_steps
 
   def init(params):
     _describe(params, actor)  # refuses a tree without an actor now rather than at update
@@ -167,15 +177,11 @@ def open_optimizer(meta: OpenMeta, *, plan: OpenPlan,
     m_leaves = jax.tree.leaves(state.momenta)
     c_leaves = jax.tree.leaves(state.carry)
     keys = jax.random.split(key, len(g_leaves))
-    us, momenta, carry = [], [], []
-    for leaf, p, g, m, c, k in zip(leaves, p_leaves, g_leaves, m_leaves, c_leaves, keys):
-      noise = jax.random.normal(k, jnp.shape(p), jnp.float32) if leaf.actor else None
-      u, m, c = spec.tensor_step(
-          meta, p, g, m, c, training=training, layer=leaf.layer_proportion, batch=batch,
-          dormancy=_dormancy(activations, leaf, jnp.shape(p)), noise=noise, actor=leaf.actor)
-      us.append(u)
-      momenta.append(m)
-      carry.append(c)
+    dormancy = [_dormancy(activations, leaf, jnp.shape(p)) for leaf, p in zip(leaves, p_leaves)]
+    noise = [jax.random.normal(k, jnp.shape(p), jnp.float32) if leaf.actor else None
+             for leaf, p, k in zip(leaves, p_leaves, keys)]
+    us, momenta, carry = step(meta, leaves, p_leaves, g_leaves, m_leaves, c_leaves, dormancy,
+                              noise, training, batch)
     total = sum(int(math.prod(jnp.shape(u))) for u in us)
     mean = sum(jnp.sum(u) for u in us) / max(total, 1)
     updates = jax.tree.unflatten(structure, [-(u - mean) for u in us])
@@ -183,6 +189,38 @@ def open_optimizer(meta: OpenMeta, *, plan: OpenPlan,
                               jax.tree.unflatten(structure, carry))
 
   return optax.GradientTransformationExtraArgs(init, update)
+
+
+def _tensor_steps(meta, leaves, ps, gs, ms, cs, dormancy, noise, training, batch):
+  """(u, momenta, carry) per leaf, tensor by tensor (the "reference" backend)."""
+  out = [spec.tensor_step(meta, p, g, m, c, training=training, layer=leaf.layer_proportion,
+                          batch=batch, dormancy=d, noise=n, actor=leaf.actor)
+         for leaf, p, g, m, c, d, n in zip(leaves, ps, gs, ms, cs, dormancy, noise)]
+  return tuple(map(list, zip(*out))) if out else ([], [], [])
+
+
+def _flat_step(meta, leaves, ps, gs, ms, cs, dormancy, noise, training, batch):
+  """The same results, from every leaf laid end to end in one call of the fused kernel."""
+  shapes = [jnp.shape(p) for p in ps]
+  sizes = [math.prod(shape) for shape in shapes]
+  segments = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
+  flat = lambda xs: jnp.concatenate([jnp.ravel(x) for x in xs])
+  hidden = spec.net_of(meta).hidden
+  u, m, c = open_step(
+      meta, flat(ps), flat(gs),
+      jnp.concatenate([jnp.reshape(m, (len(spec.DECAYS), n)) for m, n in zip(ms, sizes)], 1),
+      jnp.concatenate([jnp.reshape(c, (n, hidden)).T for c, n in zip(cs, sizes)], 1),
+      segments,
+      np.array([leaf.layer_proportion for leaf in leaves], np.float32),
+      np.array([leaf.actor for leaf in leaves], np.float32),
+      flat([jnp.broadcast_to(d, shape) for d, shape in zip(dormancy, shapes)]),
+      # The critic's noise is never read: zeros in its place.
+      flat([jnp.zeros(shape, jnp.float32) if n is None else n for n, shape in zip(noise, shapes)]),
+      training, batch, backend="cpu")
+  cut = lambda x: jnp.split(x, segments[1:-1], axis=-1)
+  return ([jnp.reshape(x, shape) for x, shape in zip(cut(u), shapes)],
+          [jnp.reshape(x, (len(spec.DECAYS),) + shape) for x, shape in zip(cut(m), shapes)],
+          [jnp.reshape(x.T, shape + (hidden,)) for x, shape in zip(cut(c), shapes)])
 
 
 def _check_float32(tree, name: str):

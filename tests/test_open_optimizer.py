@@ -107,8 +107,10 @@ def twin_updates(name, params, grads_seq, acts_seq, keys, plan):
   return paths, out
 
 
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
-def test_reference_matches_the_flax_twin_on_published_weights(name):
+def test_rule_matches_the_flax_twin_on_published_weights(name, backend):
+  """The specification (and the fused cpu kernel) against the twin."""
   meta = spec.pretrained_open(name)
   assert spec.net_of(meta).hidden == PUBLISHED[name]
   np.testing.assert_array_equal(np.asarray(spec.flatten_open_meta(meta)),
@@ -122,7 +124,7 @@ def test_reference_matches_the_flax_twin_on_published_weights(name):
   keys = [jax.random.key(50 + i) for i in range(steps)]
   paths, expected = twin_updates(name, params, grads_seq, acts_seq, keys, plan)
 
-  tx = open_optimizer(meta, plan=plan)
+  tx = open_optimizer(meta, plan=plan, backend=backend)
   update = jax.jit(tx.update)
   state = tx.init(params)
   for i in range(steps):

@@ -67,3 +67,25 @@ def test_meta_file_hash(tmp_path):
   assert specs.meta_file_hash(f"learned:{path}@1e-3:linear") == digest
   with pytest.raises(FileNotFoundError):
     specs.meta_file_hash(f"optim4rl:{tmp_path / 'missing.npz'}")
+
+
+def test_open_specs_for_agents_that_report_activations():
+  from optim4rl.evaluation.trainers import make_trainer
+  from optim4rl.rules.open import PRETRAINED
+  trainer = make_trainer("CartPole-v1", steps=4 * 128 * 10)  # 10 rollouts
+  assert trainer.open_plan == (4, 4, 10)  # CartPole: 4 minibatches, 4 epochs
+  for spec in ("open:breakout", f"open:{PRETRAINED / 'multi_OPEN.npy'}"):
+    tx = specs.optimizer_for(spec, trainer.environment, updates=trainer.updates,
+                             open_plan=trainer.open_plan)
+    assert callable(tx.update)
+  assert specs.meta_file_hash("open:breakout") == hashlib.sha256(
+      (PRETRAINED / "breakout_OPEN.npy").read_bytes()).hexdigest()
+  plan = trainer.open_plan
+  with pytest.raises(ValueError, match="OPEN learns its own step sizes"):
+    specs.optimizer_for("open:breakout@1e-3", "CartPole-v1", updates=10, open_plan=plan)
+  with pytest.raises(ValueError, match="OPEN needs an agent that reports"):
+    specs.optimizer_for("open:breakout", "small_dense_short", updates=10)
+  with pytest.raises(ValueError, match="name its meta-parameters"):
+    specs.optimizer_for("open", "CartPole-v1", updates=10, open_plan=plan)
+  with pytest.raises(FileNotFoundError):
+    specs.optimizer_for("open:nowhere.npy", "CartPole-v1", updates=10, open_plan=plan)

@@ -5,6 +5,8 @@ written once in optim4rl/rules; every backend's own copy is checked against them
             even before a rebuild; and what the compiled libraries report (py_info.h).
   Triton:   the constexprs, rule ids and `_leaf` layout of kernels/step.py, and the sizes
             its launch plan passes to the kernels.
+  OPEN:     the constants and flat layout of csrc/open_math.h (source and CPU library)
+            against optim4rl/rules/open.py.
 """
 import dataclasses
 import importlib
@@ -18,6 +20,7 @@ import pytest
 from optim4rl import rules
 from optim4rl.backends import registry
 from optim4rl.rules import constants as C
+from optim4rl.rules import open as open_spec
 
 CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                     "csrc")
@@ -210,3 +213,87 @@ def test_triton_launch_plan_takes_net_sizes_from_the_rule(triton_step, name):
   forward = _recorded_launches(ks, other)[0][1]
   assert (forward["IN1"], forward["OUT1"], forward["IN2"], forward["OUT2"]) == (3, 5, 0, 0)
   assert (forward["K"], forward["ROWS"]) == (other.meta_size, C.HIDDEN)
+
+
+# ----------------------------------------------------------------------------- OPEN
+
+OPEN_FLOATS = {"LOG_EPS": "kLogEps", "NORM_EPS": "kNormEps", "LAYER_NORM_EPS": "kLayerNormEps",
+               "UPDATE_SCALE": "kUpdateScale"}
+OPEN_INTS = {"NORMALISED": "kNormalised", "FEATURES": "kFeatures", "OUTPUTS": "kOutputs"}
+
+
+def open_offsets(net):
+  """{"group/layer/leaf": offset} and the size of optim4rl/rules/open.py's published layout."""
+  offsets, at = {}, 0
+  for (group, layer, leaf), shape in open_spec.layout(net):
+    offsets[f"{group}/{layer}/{leaf}"] = at
+    at += math.prod(shape)
+  return offsets, at
+
+
+def parse_open_header():
+  """(constants, decays, layout function) as written in csrc/open_math.h."""
+  text = _read("open_math.h")
+  value = lambda name: re.search(rf"\b{name} = ([^;,]+)[;,]", text).group(1).strip()
+  consts = {name: f32(float(value(cpp).rstrip("f"))) for name, cpp in OPEN_FLOATS.items()}
+  consts.update({name: int(value(cpp)) for name, cpp in OPEN_INTS.items()})
+  consts.update({name: int(value(name)) for name in ("kTraining", "kDormancy", "kMomenta")})
+  decays = re.search(r"kDecays\[kMomenta\] = \{([^}]*)\}", text).group(1)
+  decays = tuple(f32(float(x.strip().rstrip("f"))) for x in decays.split(","))
+  body = re.search(r"struct OpenLayout \{(.*?)\};", text, re.S).group(1)
+  fields = [f for f in re.findall(r"static constexpr int (\w+) = ([^;,]+);", body)]
+
+  def layout(net):
+    env = {"HID": net.hidden, "WID": net.width, "kFeatures": consts["FEATURES"],
+           "kOutputs": consts["OUTPUTS"]}
+    offsets = {}
+    for name, expr in fields:
+      env[name] = int(eval(expr, {}, env))
+      if name != "size":
+        layer, leaf = name.rsplit("_", 1)
+        group = "gru" if layer in ("hn", "hr", "hz", "in", "ir", "iz") else "mlp"
+        offsets[f"{group}/{layer}/{leaf}"] = env[name]
+    return offsets, env["size"]
+  return consts, decays, layout
+
+
+def expected_open_constants():
+  out = {name: f32(getattr(open_spec, name)) for name in OPEN_FLOATS}
+  out.update({name: getattr(open_spec, name) for name in OPEN_INTS})
+  return out
+
+
+def test_open_header_matches_rules():
+  consts, decays, layout = parse_open_header()
+  assert {k: consts[k] for k in (*OPEN_FLOATS, *OPEN_INTS)} == expected_open_constants()
+  assert decays == tuple(f32(b) for b in open_spec.DECAYS)
+  assert consts["kMomenta"] == len(open_spec.DECAYS)
+  # The raw features follow the normalised ones: training, layer, batch, dormancy.
+  assert consts["kTraining"] == open_spec.NORMALISED
+  assert consts["kDormancy"] == open_spec.FEATURES - 1
+  for net in open_spec.NETS.values():
+    offsets, size = layout(net)
+    want, want_size = open_offsets(net)
+    assert list(offsets) == list(want), "leaf order"
+    assert offsets == want and size == want_size == open_spec.flat_size(net), net
+
+
+def test_compiled_library_reports_open_as_rules():
+  """OPEN's constants and layout as the CPU library was compiled with them."""
+  lib = registry.LIBRARIES["cpu"]()
+  if lib is None:
+    pytest.fail("optim4rl._cpu is not built: pip install --no-build-isolation -e .")
+  if not hasattr(lib, "open_constants"):
+    pytest.fail("optim4rl._cpu predates the OPEN kernel: pip install --no-build-isolation -e .")
+  consts = lib.open_constants()
+  got = {name: f32(consts[name]) for name in OPEN_FLOATS}
+  got.update({name: consts[name] for name in OPEN_INTS})
+  assert got == expected_open_constants()
+  assert tuple(f32(b) for b in consts["DECAYS"]) == tuple(f32(b) for b in open_spec.DECAYS)
+  assert {tuple(n) for n in consts["NETS"]} == set(open_spec.NETS.values())
+  for net in open_spec.NETS.values():
+    report = dict(lib.open_layout(*net))
+    size = report.pop("size")
+    want, want_size = open_offsets(net)
+    assert report == want and size == want_size, net
+  assert lib.open_layout(8, 32) is None
