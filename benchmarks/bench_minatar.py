@@ -6,8 +6,8 @@ next `--chunks` of `--rollouts` rollouts each are. Each optimizer is measured `-
 times, interleaved, and the median is reported. For context, also the rate of the bare
 environment (uniformly random actions, no networks) at 64 and 256 envs.
 
-`ppo_rate(optimizer, label)` measures any optax optimizer (ones taking `activations` and `key`
-included); add one to `optimizers()` to have it in the table and the JSON.
+`ppo_rate(optimizer, label)` measures any optax optimizer (OPEN too, which takes `activations`
+and `key`); `optimizers()` lists those in the table and the JSON: Adam and OPEN on each backend.
 
   python benchmarks/bench_minatar.py [--task Breakout-MinAtar] [--out FILE]
 """
@@ -27,6 +27,8 @@ import optax
 
 from optim4rl.envs import gymnax_tasks
 from optim4rl.evaluation.throughput import machine_info
+from optim4rl.open_optimizer import OpenPlan, open_optimizer
+from optim4rl.rules.open import pretrained_open
 from optim4rl.training import ppo_gymnax
 
 
@@ -70,10 +72,15 @@ def env_rate(task: str, num_envs: int, steps: int = 128, repeats: int = 20) -> f
   return repeats * steps * num_envs / (time.perf_counter() - start)
 
 
-def optimizers(s: gymnax_tasks.PPOSettings) -> dict:
-  """Label -> optimizer measured by `main`. Adam at the task's learning rate, constant (a
-  schedule costs nothing measurable); learned optimizers go here once they exist."""
-  return {"adam": optax.adam(s.learning_rate)}
+def optimizers(s: gymnax_tasks.PPOSettings, rollouts: int) -> dict:
+  """Label -> optimizer measured by `main`: Adam at the task's learning rate, constant (a
+  schedule costs nothing measurable), and OPEN (the published Breakout meta-parameters) on
+  each of its backends, planned for a run of `rollouts` rollouts."""
+  plan = OpenPlan(minibatches=s.num_minibatches, epochs=s.num_epochs, updates=rollouts)
+  meta = pretrained_open("breakout")
+  return {"adam": optax.adam(s.learning_rate),
+          **{f"open ({backend})": open_optimizer(meta, plan=plan, backend=backend)
+             for backend in ("reference", "cpu")}}
 
 
 def main():
@@ -87,7 +94,7 @@ def main():
   if min(args.rollouts, args.chunks, args.repeats) < 1:
     parser.error("--rollouts, --chunks and --repeats must be at least 1")
   s = gymnax_tasks.settings(args.task)
-  txs = optimizers(s)
+  txs = optimizers(s, (args.chunks + 1) * args.rollouts)
   samples = {label: [] for label in txs}
   for _ in range(args.repeats):  # interleaved, so slow spells of the machine hit all alike
     for label, tx in txs.items():

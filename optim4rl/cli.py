@@ -305,7 +305,8 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--out", required=True, help="run directory (resumes if it holds a checkpoint)")
   p.set_defaults(run=cmd_meta_train)
 
-  p = sub.add_parser("train", help="train one agent (A2C on a gridworld, PPO on a Brax task)")
+  p = sub.add_parser("train", help="train one agent (A2C on a gridworld, PPO on a Brax or "
+                     "gymnax task)")
   _add_environment(p)
   p.add_argument("--optimizer", default="adam",
                  help="adam | rmsprop | sgd | RULE:PATH, optionally @LR[:SCHEDULE]; or "

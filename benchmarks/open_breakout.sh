@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The outside check of OPEN (issue 17): the authors' published meta-parameters, through our
+# OPEN and our PPO, train Breakout-MinAtar agents for 1e7 steps (4 seeds); our Adam-PPO beside
+# them at two learning rates (linear decay, PureJaxRL's default of 5e-3 and 1e-3). Resumable:
+# run it again after a kill. About 20 min per OPEN spec and 10 min per Adam spec on 2 cores.
+#
+#   bash benchmarks/open_breakout.sh [SPEC ...]     (default: all of them)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+specs=("$@")
+if [ ${#specs[@]} -eq 0 ]; then
+  specs=(open:breakout open:multi adam@5e-3:linear adam@1e-3:linear)
+fi
+run=runs/open_breakout                     # checkpoints (not committed)
+out=benchmarks/results/open_breakout       # what is committed
+mkdir -p "$out"
+python -m optim4rl evaluate --task Breakout-MinAtar --steps 1e7 --seeds 4 \
+  --optimizers "${specs[@]}" --out "$run" | tee "$out/table.txt"
+cp "$run/curves.csv" "$run/returns.png" "$out/"
