@@ -195,7 +195,7 @@ def test_fewer_iterations_than_a_finished_run_change_nothing(whole, tmp_path):
 HOLDER = """
 import sys, time
 from optim4rl.training.files import RunLock
-RunLock(sys.argv[1]).acquire()
+lock = RunLock(sys.argv[1]).acquire()  # held until the process ends
 print("locked", flush=True)
 time.sleep(600)
 """

@@ -73,22 +73,15 @@ class RunInUse(ValueError):
   """Another process holds the run directory."""
 
 
-_HELD: dict[Path, list] = {}  # lock files this process holds -> [open file, nesting depth]
-
-
 class RunLock:
-  """An exclusive lock on `directory` (its file .lock) for one process at a time; a second
-  process is refused with `RunInUse` naming the holder's pid. Re-entrant within a process (a
-  command may hold the directory around a library call that locks it too). Use as a context
-  manager."""
+  """An exclusive lock on `directory` (its file .lock) for one holder at a time; another is
+  refused with `RunInUse` naming the holder's pid. Use as a context manager."""
 
   def __init__(self, directory: str | Path):
     self.path = Path(directory).absolute() / ".lock"
+    self._file = None
 
   def acquire(self) -> RunLock:
-    if self.path in _HELD:
-      _HELD[self.path][1] += 1
-      return self
     self.path.parent.mkdir(parents=True, exist_ok=True)
     f = open(self.path, "a+")
     try:
@@ -106,18 +99,14 @@ class RunLock:
     f.truncate()
     f.write(str(os.getpid()))
     f.flush()
-    _HELD[self.path] = [f, 1]
+    self._file = f
     return self
 
   def release(self) -> None:
-    held = _HELD.get(self.path)
-    if held is None:
-      return
-    held[1] -= 1
-    if held[1] == 0:
-      del _HELD[self.path]
-      fcntl.flock(held[0], fcntl.LOCK_UN)
-      held[0].close()
+    if self._file is not None:
+      fcntl.flock(self._file, fcntl.LOCK_UN)
+      self._file.close()
+      self._file = None
 
   def __enter__(self) -> RunLock:
     return self.acquire()
