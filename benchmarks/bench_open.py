@@ -1,14 +1,16 @@
-"""OPEN's forward throughput on CPU: the whole optimizer update, reference against cpu (not a test).
+"""OPEN's forward throughput: the whole optimizer update, reference against the kernels (not a test).
 
 For each network (the published "breakout" weights: GRU 8, MLP 16; "multi": GRU 16, MLP 32)
 and size P: `open_optimizer(...).update` on a PPO-like tree (actor and critic MLPs, two hidden
 layers of equal width chosen to give about P parameters), jitted, after a warm-up call; the
-two backends are timed in alternation, `--repeats` calls each, and the median is reported in
-parameters per second, with the cpu/reference ratio of the same run. For where the time goes,
-also the flat step alone (`open_step` on operands already laid end to end: no flattening, no
+backends (the reference and every OPEN kernel that runs here: cpu, or cuda and triton on a
+GPU) are timed in alternation, `--repeats` calls each, and the median is reported in
+parameters per second, with each kernel's ratio to the reference in the same run. For where
+the time goes, also the flat step alone (`open_step` on operands already laid end to end: no flattening, no
 noise, no mean).
 
-  python benchmarks/bench_open.py [--sizes 1e5 1e6] [--nets breakout multi] [--out FILE]
+  python benchmarks/bench_open.py [--sizes 1e5 1e6] [--nets breakout multi] [--backends ...]
+                                  [--out FILE]
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optim4rl.backends.open_step import open_step
+from optim4rl.backends.open_step import (OPEN_BACKENDS, PROBLEMS, open_step,
+                                         resolve_open_backend)
 from optim4rl.evaluation.throughput import machine_info
 from optim4rl.open_optimizer import OpenPlan, open_optimizer
 from optim4rl.rules.open import net_of, pretrained_open
@@ -94,16 +97,28 @@ def timed_flat_steps(net: str, size: int, backends, repeats: int) -> dict:
   return times
 
 
+def default_backends() -> tuple[str, ...]:
+  """The reference and every OPEN kernel that can run here."""
+  kernels = [b for b in OPEN_BACKENDS if b != "reference" and PROBLEMS[b]() is None]
+  return ("reference", *kernels)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--sizes", nargs="+", type=float, default=[1e5, 1e6])
   parser.add_argument("--nets", nargs="+", default=["breakout", "multi"])
+  parser.add_argument("--backends", nargs="+", default=None,
+                      help="default: reference and every kernel that can run here")
   parser.add_argument("--repeats", type=int, default=7)
   parser.add_argument("--out", default="benchmarks/results/open_forward_cpu.json")
   args = parser.parse_args()
-  backends = ("reference", "cpu")
+  backends = tuple(args.backends or default_backends())
+  for backend in backends:
+    resolve_open_backend(backend)  # a clear error for one that cannot run here
+  kernels = [b for b in backends if b != "reference"]
   rows = []
-  print(f"{'what':<12} {'net':<9} {'P':>10} {'reference':>14} {'cpu':>14} {'cpu/ref':>8}")
+  print(f"{'what':<12} {'net':<9} {'P':>10} " + " ".join(f"{b:>14}" for b in backends)
+        + "".join(f" {b + '/ref':>11}" for b in kernels))
   for net in args.nets:
     for size in map(int, args.sizes):
       params = sum(x.size for x in jax.tree.leaves(tree(size)[0]))
@@ -114,12 +129,15 @@ def main():
           median = statistics.median(times[backend])
           row[backend] = {"seconds": median, "params_per_s": params / median,
                           "all_seconds": times[backend]}
-        row["cpu_over_reference"] = row["reference"]["seconds"] / row["cpu"]["seconds"]
+        if "reference" in backends:
+          for backend in kernels:
+            row[f"{backend}_over_reference"] = (row["reference"]["seconds"]
+                                                / row[backend]["seconds"])
         rows.append(row)
         print(f"{what:<12} {net:<9} {params:>10,d} "
-              f"{row['reference']['params_per_s'] / 1e6:10.2f} M/s "
-              f"{row['cpu']['params_per_s'] / 1e6:10.2f} M/s {row['cpu_over_reference']:7.1f}x",
-              flush=True)
+              + " ".join(f"{row[b]['params_per_s'] / 1e6:10.2f} M/s" for b in backends)
+              + "".join(f" {row.get(f'{b}_over_reference', float('nan')):10.1f}x"
+                        for b in kernels), flush=True)
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   with open(args.out, "w") as f:
     json.dump({"benchmark": "open_forward",

@@ -6,11 +6,13 @@
 #          SLOW=1: the slow test holds more than 2^31 hidden-state elements)
 #   bench  benchmarks/bench_gpu.py at P = 1e6, 1e7, 1e8 (SIZES to change)
 #   ppo    Adam-PPO on Ant for STEPS environment steps (default 5e6), one seed
+#   open   OPEN's update and flat step, reference, cuda and triton (benchmarks/bench_open.py)
+#          at P = 1e5, 1e6, 1e7
 # Each stage fits in one 10-minute call; the install is skipped when the machine is still warm.
 #   bash benchmarks/gpu_session.sh tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
-STAGE=${1:?usage: gpu_session.sh tests|bench|ppo}
+STAGE=${1:?usage: gpu_session.sh tests|bench|ppo|open}
 OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT"
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -36,6 +38,9 @@ case "$STAGE" in
   ppo)
     python3 -m optim4rl train --task ant --optimizer adam@3e-4 --steps "${STEPS:-5e6}" \
       2>&1 | tr '\r' '\n' | grep -v -E "it/s|s/it|step/s" | tee "$OUT/ppo_ant.log" ;;
+  open)
+    python3 benchmarks/bench_open.py --sizes 1e5 1e6 1e7 --repeats 20 \
+      --out "$OUT/open_forward_gpu.json" 2>&1 | tee "$OUT/bench_open.log" ;;
   *)
-    echo "unknown stage $STAGE: expected tests, bench or ppo" >&2; exit 2 ;;
+    echo "unknown stage $STAGE: expected tests, bench, ppo or open" >&2; exit 2 ;;
 esac

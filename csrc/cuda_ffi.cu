@@ -195,12 +195,18 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(Optim4rlCudaBackward, o4r::cuda::BackwardImpl,
                                   .Ctx<ffi::PlatformStream<cudaStream_t>>()
                                   .Ctx<ffi::ScratchAllocator>()));
 
+// OPEN's handlers (open_cuda_ffi.cu).
+extern "C" XLA_FFI_Error* Optim4rlCudaOpenMoments(XLA_FFI_CallFrame* call_frame);
+extern "C" XLA_FFI_Error* Optim4rlCudaOpenNetwork(XLA_FFI_CallFrame* call_frame);
+
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "optim4rl CUDA backend: XLA FFI handlers (platform CUDA)";
   m.def("registrations", []() {
     py::dict d;
     d["optim4rl_cuda_forward"] = py::capsule(reinterpret_cast<void*>(Optim4rlCudaForward));
     d["optim4rl_cuda_backward"] = py::capsule(reinterpret_cast<void*>(Optim4rlCudaBackward));
+    d["optim4rl_cuda_open_moments"] = py::capsule(reinterpret_cast<void*>(Optim4rlCudaOpenMoments));
+    d["optim4rl_cuda_open_network"] = py::capsule(reinterpret_cast<void*>(Optim4rlCudaOpenNetwork));
     return d;
   });
   o4r::add_info(m);

@@ -16,6 +16,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -131,8 +132,11 @@ void step(const Entry& e, int64_t P, int64_t T, const Weights<HID, WID>& w) {
       for (int k = 0; k < nth; ++k)
         for (int i = 0; i < kNormalised; ++i)
           total[i] += sums[(static_cast<size_t>(k) * T + t) * kNormalised + i];
-      tensors[t].fold(w, total, static_cast<double>(count), e.training, e.layer[t], e.batch,
-                      e.actor[t] != 0.0f);
+      float inv_rms[kNormalised];
+      for (int i = 0; i < kNormalised; ++i)  // as the reference: the mean in float
+        inv_rms[i] = 1.0f / std::sqrt(kNormEps + static_cast<float>(total[i] / count));
+      tensors[t].template fold<WID>(e.meta, inv_rms, e.training, e.layer[t], e.batch,
+                                    e.actor[t] != 0.0f);
     }  // implicit barrier: every tensor's weights are ready
 
     // Pass 2: features, network, update and carry. No sums here, so chunks go to whichever

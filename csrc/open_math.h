@@ -11,6 +11,8 @@
 // The constants and the layout are copies of optim4rl/rules/open.py, the one source of truth:
 // tests/rules/test_constants.py parses this file and asks the compiled library (open_py_info.h).
 #pragma once
+#include <cstdint>
+
 #include "optim4rl_math.h"
 
 // Full unrolling on the CPU: the network's accumulators then stay in registers (measured
@@ -24,7 +26,6 @@
 namespace o4r::open {
 
 constexpr int kMomenta = 6;
-constexpr float kDecays[kMomenta] = {0.1f, 0.5f, 0.9f, 0.99f, 0.999f, 0.9999f};
 constexpr float kLogEps = 1e-13f;        // inside log(|m| + eps) and log(|g| + eps)
 constexpr float kNormEps = 1e-5f;        // under the root of the per-tensor RMS
 constexpr float kLayerNormEps = 1e-6f;
@@ -76,30 +77,46 @@ inline int open_meta_size(int hidden, int width) {
   return size;
 }
 
-// The GRU's weights regrouped by gate (r | z | n: columns j, HID + j, 2 HID + j), read once
-// per call from the flat vector; the MLP is read in place.
+// The GRU's weights regrouped by gate (r | z | n: column c = gate * HID + j), read from the
+// flat vector one entry at a time, so that a CUDA block can stage them cooperatively.
+template <class L>
+O4R_FN float input_weight(const float* meta, int feature, int c) {
+  const int gate = c / L::kHidden, j = c % L::kHidden;
+  const int kernel = gate == 0 ? L::ir_kernel : gate == 1 ? L::iz_kernel : L::in_kernel;
+  return meta[kernel + feature * L::kHidden + j];
+}
+template <class L>
+O4R_FN float input_bias(const float* meta, int c) {
+  const int gate = c / L::kHidden, j = c % L::kHidden;
+  return meta[(gate == 0 ? L::ir_bias : gate == 1 ? L::iz_bias : L::in_bias) + j];
+}
+template <class L>
+O4R_FN float hidden_weight(const float* meta, int k, int c) {
+  const int gate = c / L::kHidden, j = c % L::kHidden;
+  const int kernel = gate == 0 ? L::hr_kernel : gate == 1 ? L::hz_kernel : L::hn_kernel;
+  return meta[kernel + k * L::kHidden + j];
+}
+template <class L>
+O4R_FN float hidden_bias(const float* meta, int c) {  // hr and hz have none
+  return c < 2 * L::kHidden ? 0.0f : meta[L::hn_bias + c - 2 * L::kHidden];
+}
+
+// The hidden side of the GRU, regrouped, and the MLP read in place from the flat vector.
 template <int HID, int WID>
 struct Weights {
   using L = OpenLayout<HID, WID>;
   static constexpr int G = 3 * HID;
-  float wx[kFeatures][G];  // input kernels
-  float bx[G];             // input biases
-  float wh[HID][G];        // hidden kernels
-  float bh[G];             // hidden biases: 0 (hr and hz have none) | hn
-  const float* mlp;        // the flat vector
+  static constexpr int kEntries = HID * G + G;  // what set() fills
+  float wh[HID][G];  // hidden kernels
+  float bh[G];       // hidden biases: 0 (hr and hz have none) | hn
+  const float* mlp;  // the flat vector
 
+  O4R_FN void set(const float* meta, int entry) {  // entry < kEntries
+    if (entry < HID * G) wh[entry / G][entry % G] = hidden_weight<L>(meta, entry / G, entry % G);
+    else bh[entry - HID * G] = hidden_bias<L>(meta, entry - HID * G);
+  }
   void load(const float* meta) {
-    const int kernels[3] = {L::ir_kernel, L::iz_kernel, L::in_kernel};
-    const int biases[3] = {L::ir_bias, L::iz_bias, L::in_bias};
-    const int hidden[3] = {L::hr_kernel, L::hz_kernel, L::hn_kernel};
-    for (int gate = 0; gate < 3; ++gate) {
-      for (int j = 0; j < HID; ++j) {
-        for (int i = 0; i < kFeatures; ++i) wx[i][gate * HID + j] = meta[kernels[gate] + i * HID + j];
-        for (int k = 0; k < HID; ++k) wh[k][gate * HID + j] = meta[hidden[gate] + k * HID + j];
-        bx[gate * HID + j] = meta[biases[gate] + j];
-      }
-    }
-    for (int j = 0; j < G; ++j) bh[j] = j < 2 * HID ? 0.0f : meta[L::hn_bias + j - 2 * HID];
+    for (int entry = 0; entry < kEntries; ++entry) set(meta, entry);
     mlp = meta;
   }
 };
@@ -114,27 +131,34 @@ struct TensorWeights {
   float bx[G];
   bool actor;
 
+  // Column c from the features' 1/RMS (inv_rms[15]) and the proportions.
   template <int WID>
-  void fold(const Weights<HID, WID>& w, const double* sum_sq, double count, float training,
-            float layer, float batch, bool is_actor) {
-    for (int i = 0; i < kNormalised; ++i) {
-      // As the reference: x / sqrt(eps + mean(x^2)), the mean in float.
-      const float mean = static_cast<float>(sum_sq[i] / count);
-      const float inv_rms = 1.0f / __builtin_sqrtf(kNormEps + mean);
-      for (int j = 0; j < G; ++j) wx[i][j] = w.wx[i][j] * inv_rms;
-    }
-    for (int j = 0; j < G; ++j) wx[kNormalised][j] = w.wx[kDormancy][j];
-    for (int j = 0; j < G; ++j)
-      bx[j] = w.bx[j] + training * w.wx[kTraining][j] + layer * w.wx[kLayer][j] +
-              batch * w.wx[kBatch][j];
+  O4R_FN void fold_column(const float* meta, const float* inv_rms, float training, float layer,
+                          float batch, int c) {
+    using L = OpenLayout<HID, WID>;
+    for (int i = 0; i < kNormalised; ++i) wx[i][c] = input_weight<L>(meta, i, c) * inv_rms[i];
+    wx[kNormalised][c] = input_weight<L>(meta, kDormancy, c);
+    bx[c] = input_bias<L>(meta, c) + training * input_weight<L>(meta, kTraining, c) +
+            layer * input_weight<L>(meta, kLayer, c) + batch * input_weight<L>(meta, kBatch, c);
+  }
+  template <int WID>
+  void fold(const float* meta, const float* inv_rms, float training, float layer, float batch,
+            bool is_actor) {
+    for (int c = 0; c < G; ++c) fold_column<WID>(meta, inv_rms, training, layer, batch, c);
     actor = is_actor;
   }
 };
 
+// The momenta's decays (a function: a namespace-scope array would be host-only in CUDA).
+O4R_FN float decay(int k) {
+  constexpr float kDecays[kMomenta] = {0.1f, 0.5f, 0.9f, 0.99f, 0.999f, 0.9999f};
+  return kDecays[k];
+}
+
 // m <- b m + (1 - b) g, rounded as XLA's CPU fusion does: fma(b, m, (1 - b) g).
 template <class T, class M>
 O4R_FN T update_momentum(T m, T g, int k) {
-  return M::fma(M::splat(kDecays[k]), m, (1.0f - kDecays[k]) * g);
+  return M::fma(M::splat(decay(k)), m, (1.0f - decay(k)) * g);
 }
 
 template <class T, class M>
@@ -231,6 +255,58 @@ OPEN_UNROLL
   dense<T, WID, kOutputs>(y1, p + L::dense2_kernel, p + L::dense2_bias, o);
   T u = (kUpdateScale * o[0]) * M::exp(kUpdateScale * o[1]);
   if (tw.actor) u = u + (kUpdateScale * o[2]) * noise;  // critic: noise never read
+  return u;
+}
+
+// ----------------------------------------------------------------------------- GPU plan
+// One thread's work in the two launches of the GPU plan (open_cuda_ffi.cu runs them per CUDA
+// thread; tests/backends/open_scalar_step.cc, for the host). Pointers are a batch entry's.
+
+// First launch: element i's momenta updated and stored, and its raw features x.
+template <class M>
+O4R_FN void moments_element(const float* p, const float* g, const float* momenta, int64_t P,
+                            int64_t i, float* momenta_new, float* x) {
+  float m[kMomenta];
+OPEN_UNROLL
+  for (int k = 0; k < kMomenta; ++k) {
+    m[k] = update_momentum<float, M>(momenta[k * P + i], g[i], k);
+    momenta_new[k * P + i] = m[k];
+  }
+  raw_features<float, M>(p[i], g[i], m, x);
+}
+
+// Second launch, once per chunk by `threads` threads together: the weights of the chunk's
+// tensor from the flat vector `flat` (which must outlive w) and its 1/RMS (inv_rms[16]).
+template <int HID, int WID>
+O4R_FN void stage_weights(const float* flat, const float* inv_rms, float training, float layer,
+                          float batch, float actor, int thread, int threads,
+                          Weights<HID, WID>& w, TensorWeights<HID>& tw) {
+  for (int e = thread; e < Weights<HID, WID>::kEntries; e += threads) w.set(flat, e);
+  for (int c = thread; c < 3 * HID; c += threads)
+    tw.template fold_column<WID>(flat, inv_rms, training, layer, batch, c);
+  if (thread == 0) {
+    w.mlp = flat;
+    tw.actor = actor != 0.0f;
+  }
+}
+
+// Second launch, per element: u (returned) and the new carry.
+template <class M, int HID, int WID>
+O4R_FN float network_element(const Weights<HID, WID>& w, const TensorWeights<HID>& tw,
+                             const float* p, const float* g, const float* momenta_new,
+                             const float* carry, const float* dormancy, const float* noise,
+                             int64_t P, int64_t i, float* carry_new) {
+  float m[kMomenta], x[kNormalised + 1], h[HID], h_new[HID];
+OPEN_UNROLL
+  for (int k = 0; k < kMomenta; ++k) m[k] = momenta_new[k * P + i];
+  raw_features<float, M>(p[i], g[i], m, x);
+  x[kNormalised] = dormancy[i];
+OPEN_UNROLL
+  for (int k = 0; k < HID; ++k) h[k] = carry[k * P + i];
+  const float eps = tw.actor ? noise[i] : 0.0f;  // the critic's noise is never read
+  const float u = element_update<float, M, HID, WID>(w, tw, x, eps, h, h_new);
+OPEN_UNROLL
+  for (int k = 0; k < HID; ++k) carry_new[k * P + i] = h_new[k];
   return u;
 }
 

@@ -11,7 +11,7 @@ namespace o4r::open {
 inline pybind11::dict constants_info() {
   pybind11::dict d;
   pybind11::list decays;
-  for (float b : kDecays) decays.append(b);
+  for (int k = 0; k < kMomenta; ++k) decays.append(decay(k));
   d["DECAYS"] = pybind11::tuple(decays);
   d["LOG_EPS"] = kLogEps;
   d["NORM_EPS"] = kNormEps;

@@ -62,16 +62,22 @@ L2LGD2 = tl.constexpr(3)
 # ----------------------------------------------------------------------------- layout
 
 @triton.constexpr_function
-def _leaf(name, n_in, n_out):
-  """Offset of a leaf inside one net's slice of the flat meta vector (rules.NET_LEAVES)."""
-  sizes = (("wx", n_in * G), ("wh", H * G), ("bx", G), ("bh", G), ("w1", H * D1), ("b1", D1),
-           ("w2", D1 * D2), ("b2", D2), ("w3", D2 * n_out), ("b3", n_out), ("end", 0))
+def offset_in(sizes, name):
+  """Offset of leaf `name` in a flat vector laid out as `sizes`, ((leaf, size), ...)."""
   offset = 0
   for leaf, size in sizes:
     if leaf == name:
       return offset
     offset += size
   raise ValueError(name)
+
+
+@triton.constexpr_function
+def _leaf(name, n_in, n_out):
+  """Offset of a leaf inside one net's slice of the flat meta vector (rules.NET_LEAVES)."""
+  return offset_in((("wx", n_in * G), ("wh", H * G), ("bx", G), ("bh", G), ("w1", H * D1),
+                    ("b1", D1), ("w2", D1 * D2), ("b2", D2), ("w3", D2 * n_out), ("b3", n_out),
+                    ("end", 0)), name)
 
 
 # ----------------------------------------------------------------------------- elementwise math

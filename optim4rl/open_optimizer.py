@@ -20,12 +20,14 @@ update is p_new = p - (u - mean u), the mean over all elements of all networks. 
 taken as given: OPEN's PPO clips each network's by global norm 0.5 first, as it does for Adam.
 
 **backend**: "reference" steps the tree tensor by tensor with the specification's
-`tensor_step`; "cpu" lays every tensor end to end and steps them all in one call of the fused
-C++ kernel (optim4rl/backends/open_step.py), with the same noise (the same keys) and the same
-state layout; None takes "cpu" where the library has the kernel and JAX runs on CPU.
+`tensor_step`; "cpu", "cuda" and "triton" lay every tensor end to end and step them all at
+once with the fused kernels (optim4rl/backends/open_step.py), with the same noise (the same
+keys) and the same state layout; None takes the first of "cpu", "cuda", "triton" that can run
+here, else "reference".
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, NamedTuple
 
@@ -137,14 +139,16 @@ def open_optimizer(meta: OpenMeta, *, plan: OpenPlan,
 
   `plan`: the run's minibatches per epoch, epochs and rollouts (training and batch
   proportion); `actor`: which network gets the learned noise (see the module docstring);
-  `backend`: "reference", "cpu" or None (the kernel where it can run; see the docstring).
+  `backend`: "reference", "cpu", "cuda", "triton" or None (a kernel where one can run; see
+  the docstring).
   Meta-parameters may be tracers (evolution strategies vmap over them)."""
   net = spec.net_of(meta)
   if not all(isinstance(v, int) and v >= 1 for v in plan):
     raise ValueError(f"OPEN: the plan's minibatches, epochs and updates must be integers >= 1, "
                      f"got {plan}")
   backend = resolve_open_backend(backend)
-  step = _flat_step if backend == "cpu" else _tensor_steps
+  step = _tensor_steps if backend == "reference" else functools.partial(_flat_step,
+                                                                          backend=backend)
 
   def init(params):
     _describe(params, actor)  # refuses a tree without an actor now rather than at update
@@ -199,8 +203,8 @@ def _tensor_steps(meta, leaves, ps, gs, ms, cs, dormancy, noise, training, batch
   return tuple(map(list, zip(*out))) if out else ([], [], [])
 
 
-def _flat_step(meta, leaves, ps, gs, ms, cs, dormancy, noise, training, batch):
-  """The same results, from every leaf laid end to end in one call of the fused kernel."""
+def _flat_step(meta, leaves, ps, gs, ms, cs, dormancy, noise, training, batch, *, backend):
+  """The same results, from every leaf laid end to end in one step of a fused kernel."""
   shapes = [jnp.shape(p) for p in ps]
   sizes = [math.prod(shape) for shape in shapes]
   segments = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
@@ -216,7 +220,7 @@ def _flat_step(meta, leaves, ps, gs, ms, cs, dormancy, noise, training, batch):
       flat([jnp.broadcast_to(d, shape) for d, shape in zip(dormancy, shapes)]),
       # The critic's noise is never read: zeros in its place.
       flat([jnp.zeros(shape, jnp.float32) if n is None else n for n, shape in zip(noise, shapes)]),
-      training, batch, backend="cpu")
+      training, batch, backend=backend)
   cut = lambda x: jnp.split(x, segments[1:-1], axis=-1)
   return ([jnp.reshape(x, shape) for x, shape in zip(cut(u), shapes)],
           [jnp.reshape(x, (len(spec.DECAYS),) + shape) for x, shape in zip(cut(m), shapes)],

@@ -1,8 +1,14 @@
 """OPEN's forward step over all tensors of a parameter tree in one call, flat (structure of
-arrays), by pure JAX ("reference") or the fused C++ kernel ("cpu").
+arrays), by pure JAX ("reference"), the fused C++ kernel ("cpu"), or on GPUs the CUDA kernels
+("cuda") or the Triton kernels ("triton").
 
 It is the specification's `tensor_step` (optim4rl/rules/open.py) for T tensors laid end to
 end; "cpu" is csrc/open_cpu_ffi.cc called through jax.ffi.
+
+The GPU backends run in two launches over chunks of elements that never straddle two tensors
+(`chunk_plan`): the momenta and, per chunk, the sums of squares of the normalised features;
+then, once those are summed per tensor here (`tensor_inv_rms`: a few floats per chunk), the
+network per element. "cuda" is csrc/open_cuda_ffi.cu, "triton" kernels/open_step.py.
 
     u, momenta, carry = open_step(meta, p, g, momenta, carry, segments, layer, actor,
                                   dormancy, noise, training, batch, backend="cpu")
@@ -17,15 +23,20 @@ vmappable (the kernel steps a batch of optimizers one after the other).
 """
 from __future__ import annotations
 
+import functools
+from typing import Callable, NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optim4rl.backends import registry
+from optim4rl.backends import registry, triton_launch
 from optim4rl.rules import open as spec
 
-OPEN_BACKENDS = ("reference", "cpu")
+OPEN_BACKENDS = ("reference", "cpu", "cuda", "triton")
 TARGET = "optim4rl_cpu_open_forward"
+CUDA_TARGETS = ("optim4rl_cuda_open_moments", "optim4rl_cuda_open_network")
+CUDA_BLOCK = 128  # elements per chunk: one CUDA block of as many threads
 
 
 def cpu_problem(platform: str | None = None) -> str | None:
@@ -41,14 +52,40 @@ def cpu_problem(platform: str | None = None) -> str | None:
   return None
 
 
+def cuda_problem(platform: str | None = None) -> str | None:
+  """Why the "cuda" backend cannot run on `platform` (default: JAX's); None when it can."""
+  lib = registry.cuda_library()
+  if lib is None:
+    return "the CUDA library optim4rl._cuda is not built (no nvcc at install time)"
+  if not set(CUDA_TARGETS) <= set(lib.registrations()):
+    return "the CUDA library optim4rl._cuda predates the OPEN kernels (rebuild: pip install -e .)"
+  platform = platform or jax.default_backend()
+  if platform not in registry.GPU_PLATFORMS:
+    return f"it runs on CUDA GPUs, the platform is {platform}"
+  return None
+
+
+def triton_problem(platform: str | None = None) -> str | None:
+  """Why the "triton" backend cannot run on `platform`; None when it can."""
+  platform = platform or jax.default_backend()
+  if platform not in registry.GPU_PLATFORMS:
+    return f"it runs on GPUs through jax_triton, the platform is {platform}"
+  return registry.triton_problem()
+
+
+PROBLEMS = {"cpu": cpu_problem, "cuda": cuda_problem, "triton": triton_problem}
+
+
 def resolve_open_backend(backend: str | None, platform: str | None = None) -> str:
-  """The explicit choice, validated, or "cpu" where the kernel can run, else "reference"."""
+  """The explicit choice, validated, or the first of "cpu", "cuda", "triton" that can run,
+  else "reference"."""
   if backend is None:
-    return "cpu" if cpu_problem(platform) is None else "reference"
+    return next((name for name, problem in PROBLEMS.items() if problem(platform) is None),
+                "reference")
   if backend not in OPEN_BACKENDS:
     raise ValueError(f"OPEN: unknown backend {backend!r}; expected one of {OPEN_BACKENDS}")
-  if backend == "cpu" and (why := cpu_problem(platform)) is not None:
-    raise ValueError(f"OPEN: backend 'cpu' cannot run here: {why}")
+  if backend in PROBLEMS and (why := PROBLEMS[backend](platform)) is not None:
+    raise ValueError(f"OPEN: backend {backend!r} cannot run here: {why}")
   return backend
 
 
@@ -114,9 +151,11 @@ def open_step(meta: spec.OpenMeta, p, g, momenta, carry, segments, layer, actor,
   args = (a["parameters"], a["gradients"], a["momenta"], a["carry"])
   rest = (a["layer proportions"], a["actor flags"], a["dormancy"], a["noise"],
           a["training proportion"], a["batch proportion"])
-  if backend == "cpu":
+  if backend != "reference":
     seg = jnp.asarray(static if static is not None else segments, jnp.int32)
-    return _cpu(net, spec.flatten_open_meta(meta), *args, seg, *rest)
+    run = _cpu if backend == "cpu" else functools.partial(staged, GPU_STAGES[backend],
+                                                          checked=static is not None)
+    return run(net, spec.flatten_open_meta(meta), *args, seg, *rest)
   if static is not None:
     return _reference_static(meta, *args, static, *rest)
   return _reference_traced(meta, *args, segments, *rest)
@@ -180,3 +219,93 @@ def _cpu(net, flat_meta, p, g, momenta, carry, segments, layer, actor, dormancy,
                           vmap_method="broadcast_all")
   return call(flat_meta, p, g, momenta, carry, segments, layer, actor, dormancy, noise,
               training, batch, hidden=np.int32(net.hidden), width=np.int32(net.width))
+
+
+# ----------------------------------------------------------------------------- GPU backends
+
+def chunk_plan(segments, params: int, block: int):
+  """(start, length, tensor), int32 (C,) each: chunks of at most `block` elements, none
+  straddling two tensors, in order; C = ceil(P / block) + T bounds their number, and the
+  chunks past the last have length 0."""
+  tensors = segments.shape[0] - 1
+  chunks = -(-params // block) + tensors
+  per_tensor = (jnp.maximum(jnp.diff(segments), 0) + block - 1) // block
+  first = jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(per_tensor, dtype=jnp.int32)])
+  c = jnp.arange(chunks, dtype=jnp.int32)
+  tensor = jnp.clip(jnp.searchsorted(first[1:], c, side="right"), 0, tensors - 1)
+  tensor = tensor.astype(jnp.int32)
+  start = segments[tensor] + (c - first[tensor]) * block
+  used = c < first[-1]
+  length = jnp.where(used, jnp.clip(segments[tensor + 1] - start, 0, block), 0)
+  return jnp.where(used, start, 0), length.astype(jnp.int32), tensor
+
+
+def tensor_inv_rms(partials, tensor, segments):
+  """(T, 16) per tensor: 1 / sqrt(eps + mean of squares) of the 15 normalised features from
+  the chunks' sums (C, 16), then 1 for the raw dormancy. A product with a one-hot matrix, not
+  a scatter-add: deterministic on GPUs."""
+  tensors = segments.shape[0] - 1
+  onehot = (tensor[None, :] == jnp.arange(tensors)[:, None]).astype(jnp.float32)
+  sums = jnp.dot(onehot, partials, precision=spec.HIGHEST)
+  count = jnp.maximum(jnp.diff(segments), 1).astype(jnp.float32)
+  inv = 1.0 / jnp.sqrt(spec.NORM_EPS + sums / count[:, None])
+  return inv.at[:, spec.NORMALISED].set(1.0)
+
+
+class Stages(NamedTuple):
+  """A GPU backend's two launches (vmappable; see the module docstring).
+
+  moments(p, g, momenta, start, length, block) -> (momenta_new, partials (C, 16));
+  network(meta, p, g, momenta_new, carry, dormancy, noise, start, length, tensor, inv_rms,
+  layer, actor, training, batch, hidden, width, block) -> (u, carry_new)."""
+  block: Callable[[], int]
+  moments: Callable
+  network: Callable
+
+
+def staged(stages: Stages, net, flat_meta, p, g, momenta, carry, segments, layer, actor,
+           dormancy, noise, training, batch, *, checked: bool):
+  """open_step through a GPU backend's stages. `checked`: the offsets were validated at trace
+  time; traced ones are checked here, and invalid ones give NaN updates."""
+  params = p.shape[0]
+  if params == 0:
+    return jnp.zeros_like(p), jnp.zeros_like(momenta), jnp.zeros_like(carry)
+  block = stages.block()
+  start, length, tensor = chunk_plan(segments, params, block)
+  momenta_new, partials = stages.moments(p, g, momenta, start, length, block)
+  inv_rms = tensor_inv_rms(partials, tensor, segments)
+  u, carry_new = stages.network(flat_meta, p, g, momenta_new, carry, dormancy, noise, start,
+                                length, tensor, inv_rms, layer, actor, training, batch,
+                                net.hidden, net.width, block)
+  if not checked:
+    ok = (segments[0] == 0) & (segments[-1] == params) & jnp.all(jnp.diff(segments) >= 0)
+    u = jnp.where(ok, u, jnp.nan)
+  return u, momenta_new, carry_new
+
+
+def _f32(*shapes):
+  return tuple(jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes)
+
+
+def _cuda_moments(p, g, momenta, start, length, block):
+  registry.cuda_library()
+  call = jax.ffi.ffi_call(CUDA_TARGETS[0], _f32(momenta.shape, (start.shape[0], 16)),
+                          vmap_method="broadcast_all")
+  return call(p, g, momenta, start, length, block=np.int32(block))
+
+
+def _cuda_network(meta, p, g, momenta_new, carry, dormancy, noise, start, length, tensor,
+                  inv_rms, layer, actor, training, batch, hidden, width, block):
+  registry.cuda_library()
+  call = jax.ffi.ffi_call(CUDA_TARGETS[1], _f32(p.shape, carry.shape),
+                          vmap_method="broadcast_all")
+  return call(meta, p, g, momenta_new, carry, dormancy, noise, start, length, tensor, inv_rms,
+              layer, actor, training, batch, hidden=np.int32(hidden), width=np.int32(width),
+              block=np.int32(block))
+
+
+GPU_STAGES = {
+    "cuda": Stages(lambda: CUDA_BLOCK, _cuda_moments, _cuda_network),
+    "triton": Stages(triton_launch.open_block, triton_launch.open_moments,
+                     triton_launch.open_network),
+}

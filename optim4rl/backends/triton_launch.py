@@ -10,6 +10,7 @@ jax_triton (and therefore this backend) only runs on GPUs; both imports are lazy
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import math
@@ -101,3 +102,58 @@ def forward(rule: Rule, clip: float, meta, g, h):
 def backward(rule: Rule, clip: float, meta, g, h, d_dir, d_h_new):
   """(d_meta (K,), d_h (rows, P)); vmappable."""
   return _backward_op(rule, clip)(meta, g, h, d_dir, d_h_new)
+
+
+# ----------------------------------------------------------------------------- OPEN
+
+def open_block() -> int:
+  """Elements per chunk of the OPEN kernels (their launch plan's default)."""
+  return _kernels().DEFAULT_OPEN_CONFIG.block
+
+
+def _open_config(block: int):
+  return dataclasses.replace(_kernels().DEFAULT_OPEN_CONFIG, block=block)
+
+
+@functools.cache
+def _open_moments_op(block: int):
+  def op(p, g, momenta, start, length):
+    (p, lead), (g, _), (momenta, _) = _fold(p, 1), _fold(g, 1), _fold(momenta, 2)
+    (start, _), (length, _) = _fold(start, 1), _fold(length, 1)
+    (batch, params), chunks = p.shape, start.shape[1]
+    m, partials = _kernels().moments(_launch, p, g, momenta, start, length, batch, params,
+                                     chunks, _open_config(block))
+    return m.reshape(lead + m.shape[1:]), partials.reshape(lead + partials.shape[1:])
+  return _batched(op)
+
+
+@functools.cache
+def _open_network_op(hidden: int, width: int, block: int):
+  def op(meta, p, g, momenta_new, carry, dormancy, noise, start, length, tensor, inv_rms,
+         layer, actor, training, batch_proportion):
+    (meta, lead), (carry, _), (momenta_new, _) = _fold(meta, 1), _fold(carry, 2), _fold(
+        momenta_new, 2)
+    p, g, dormancy, noise, start, length, tensor, layer, actor = (
+        _fold(x, 1)[0] for x in (p, g, dormancy, noise, start, length, tensor, layer, actor))
+    inv_rms = _fold(inv_rms, 2)[0]
+    training, batch_proportion = _fold(training, 0)[0], _fold(batch_proportion, 0)[0]
+    (batch, params), chunks, tensors = p.shape, start.shape[1], layer.shape[1]
+    u, c = _kernels().network(
+        _launch, meta, p, g, momenta_new, carry, dormancy, noise, start, length, tensor,
+        inv_rms, layer, actor, training, batch_proportion, hidden=hidden, width=width,
+        batch=batch, params=params, chunks=chunks, tensors=tensors, config=_open_config(block))
+    return u.reshape(lead + u.shape[1:]), c.reshape(lead + c.shape[1:])
+  return _batched(op)
+
+
+def open_moments(p, g, momenta, start, length, block: int):
+  """OPEN's first launch (kernels/open_step.py): (momenta_new (6, P), partials (C, 16))."""
+  return _open_moments_op(block)(p, g, momenta, start, length)
+
+
+def open_network(meta, p, g, momenta_new, carry, dormancy, noise, start, length, tensor,
+                 inv_rms, layer, actor, training, batch, hidden: int, width: int, block: int):
+  """OPEN's second launch: (u (P,), carry_new (HID, P))."""
+  return _open_network_op(hidden, width, block)(
+      meta, p, g, momenta_new, carry, dormancy, noise, start, length, tensor, inv_rms, layer,
+      actor, training, batch)

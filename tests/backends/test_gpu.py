@@ -148,3 +148,49 @@ def test_hidden_rows_times_params_beyond_2_to_the_31(backend):
   assert rel_err(d, want_d) <= 1e-5 and rel_err(h_new, want_h) <= 1e-5
   assert rel_err(d_meta, want_meta) <= 1e-4 and rel_err(d_h, want_dh) <= 1e-4
   assert float(untouched) == 0.0
+
+
+# ----------------------------------------------------------------------------- OPEN
+
+@pytest.fixture(params=GPU_BACKENDS)
+def open_backend(request):
+  from optim4rl.backends import open_step as flat
+  try:
+    return flat.resolve_open_backend(request.param)
+  except ValueError as e:
+    pytest.fail(str(e))
+
+
+@pytest.mark.parametrize("name", ["breakout", "multi"])
+@pytest.mark.parametrize("sizes", [(5, 17, 1, 0, 64, 33, 1100), (10**6, 1000, 3)])
+def test_open_step_matches_reference(open_backend, name, sizes):
+  from open_cases import assert_kernel_matches, problem
+  from optim4rl.backends import open_step as flat
+  meta, args = problem(name, sizes=sizes)
+  static = args[4]
+  step = lambda b: jax.jit(lambda *a: flat.open_step(meta, *a[:4], static, *a[4:], backend=b))
+  got, want = step(open_backend)(*args[:4], *args[5:]), step("reference")(*args[:4], *args[5:])
+  assert_kernel_matches(got, want, static, f"{open_backend} {name}", momenta_ulp=None)
+  again = step(open_backend)(*args[:4], *args[5:])
+  for a, b in zip(got, again):  # no atomics: the same bits every time
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_open_population_under_vmap_with_traced_offsets(open_backend):
+  """Evolution strategies: a population of meta-parameters stepped at once."""
+  from open_cases import assert_kernel_matches, problem
+  from optim4rl.backends import open_step as flat
+  from optim4rl.rules import open as spec
+  meta, args = problem("breakout", sizes=(4000, 64, 300))
+  base = np.asarray(spec.flatten_open_meta(meta))
+  rng = np.random.default_rng(0)
+  metas = [spec.open_meta_from_flat(base + 0.05 * rng.standard_normal(base.size).astype(
+      np.float32)) for _ in range(4)]
+  population = jax.tree.map(lambda *x: jnp.stack(x), *metas)
+  run = lambda b: jax.jit(jax.vmap(
+      lambda m, seg: flat.open_step(m, *args[:4], seg, *args[5:], backend=b),
+      in_axes=(0, None)))(population, jnp.asarray(args[4], jnp.int32))
+  got, want = run(open_backend), run("reference")
+  for i in range(4):
+    assert_kernel_matches([x[i] for x in got], [x[i] for x in want], args[4], f"member {i}",
+                          momenta_ulp=None)

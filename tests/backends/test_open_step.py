@@ -10,10 +10,8 @@ from optim4rl.backends import open_step as flat
 from optim4rl.open_optimizer import OpenPlan, open_optimizer
 from optim4rl.rules import open as spec
 from conftest import rel_err
+from open_cases import NETS, SIZES, assert_kernel_matches, problem
 
-# Tensor sizes: not multiples of the SIMD width (16), a one-element tensor, an empty one.
-SIZES = (5, 17, 1, 0, 64, 33, 1100)
-NETS = ("breakout", "multi")  # the published default (H 8, W 16) and larger (H 16, W 32) nets
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -26,25 +24,6 @@ def cpu_kernel():
     pytest.fail(f"OPEN's cpu backend cannot run: {why}")
 
 
-def problem(name, sizes=SIZES, seed=0):
-  """(meta, operands) with gradients over several decades, old momenta and carries, actor and
-  critic tensors, and the proportions mid-run."""
-  meta = spec.pretrained_open(name)
-  hidden, n, t = spec.net_of(meta).hidden, sum(sizes), len(sizes)
-  k = jax.random.split(jax.random.key(seed), 7)
-  g = 0.01 * jax.random.normal(k[0], (n,)) * 10.0 ** jax.random.uniform(k[1], (n,), minval=-5,
-                                                                        maxval=1)
-  g = g.at[::7].set(0.0)  # zero gradients: sign 0, log of eps
-  args = (jax.random.normal(k[2], (n,)), g, 0.01 * jax.random.normal(k[3], (6, n)),
-          0.5 * jax.random.normal(k[4], (hidden, n)),
-          np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32),
-          jnp.linspace(0.0, 1.0, t, dtype=jnp.float32),
-          jnp.asarray(np.arange(t) % 2 == 0, jnp.float32),
-          jnp.abs(jax.random.normal(k[5], (n,))), jax.random.normal(k[6], (n,)),
-          jnp.float32(0.3), jnp.float32(2 / 3))
-  return meta, args
-
-
 def run(backend, meta, args, traced_segments=False):
   """open_step under jit; the offsets are a constant unless traced_segments."""
   if traced_segments:
@@ -52,19 +31,6 @@ def run(backend, meta, args, traced_segments=False):
   static = args[4]
   step = lambda meta, *a: flat.open_step(meta, *a[:4], static, *a[4:], backend=backend)
   return jax.jit(step)(meta, *args[:4], *args[5:])
-
-
-def assert_kernel_matches(got, want, segments, what=""):
-  """u per element against the scale of u over its tensor; carries per element against the
-  scale of the carry; momenta to 1 ulp (the kernel fuses b m + (1 - b) g into one FMA, as
-  XLA's CPU fusion of the reference does under jit, but not always under vmap)."""
-  (u, m, c), (u0, m0, c0) = [tuple(np.asarray(x, np.float64) for x in r) for r in (got, want)]
-  for s, e in zip(segments[:-1], segments[1:]):
-    if e > s:
-      scale = np.max(np.abs(u0[s:e]))
-      assert np.max(np.abs(u[s:e] - u0[s:e])) <= 1e-5 * scale, (what, s, e)
-  assert np.max(np.abs(c - c0)) <= 1e-5 * np.max(np.abs(c0)), what
-  np.testing.assert_array_max_ulp(np.float32(m), np.float32(m0), maxulp=1)
 
 
 @pytest.mark.parametrize("name", NETS)
@@ -178,7 +144,13 @@ def test_optimizer_on_cpu_matches_the_per_tensor_reference(name):
 
 def test_default_backend_is_the_kernel_here():
   assert flat.resolve_open_backend(None) == "cpu"
-  assert flat.resolve_open_backend(None, platform="gpu") == "reference"
+  # On GPUs the CUDA kernels where built with them (nvcc here), else Triton, else reference.
+  gpu = "cuda" if flat.cuda_problem("gpu") is None else (
+      "triton" if flat.triton_problem("gpu") is None else "reference")
+  assert flat.resolve_open_backend(None, platform="gpu") == gpu
+  if flat.registry.cuda_library() is not None:
+    assert gpu == "cuda"
+  assert flat.resolve_open_backend(None, platform="tpu") == "reference"
 
 
 def test_wrong_inputs_are_clear_errors():
@@ -207,4 +179,33 @@ def test_wrong_inputs_are_clear_errors():
   with pytest.raises(ValueError, match="OpenMeta"):
     flat.open_step(spec.OpenMeta(meta.gru, {}), *args, backend="cpu")
   with pytest.raises(ValueError, match="unknown backend"):
-    open_optimizer(meta, plan=OpenPlan(1, 1, 1), backend="cuda")
+    open_optimizer(meta, plan=OpenPlan(1, 1, 1), backend="tpu")
+
+
+@pytest.mark.skipif(flat.registry.cuda_library() is None,
+                    reason="CUDA library not built (no nvcc at install time)")
+@pytest.mark.parametrize("name", NETS)
+def test_cuda_stages_lower_for_cuda(name):
+  """The cuda backend's two launches become its FFI custom calls, with the network's sizes and
+  the chunk size, when lowered for CUDA (no GPU needed), under vmap too."""
+  meta, args = problem(name, sizes=(5, 17, 300))
+  net = spec.net_of(meta)
+  step = lambda flat_meta, carry: flat.staged(
+      flat.GPU_STAGES["cuda"], net, flat_meta, *args[:3], carry,
+      jnp.asarray(args[4], jnp.int32), *args[5:], checked=True)
+  flat_meta = spec.flatten_open_meta(meta)
+  for f, carry in ((step, args[3]), (jax.vmap(step), jnp.stack([args[3]] * 2))):
+    text = jax.jit(f).trace(flat_meta if f is step else jnp.stack([flat_meta] * 2),
+                            carry).lower(lowering_platforms=("cuda",)).as_text()
+    assert "optim4rl_cuda_open_moments" in text and "optim4rl_cuda_open_network" in text
+    assert f"hidden = {net.hidden} : i32" in text and f"width = {net.width} : i32" in text
+    assert f"block = {flat.CUDA_BLOCK} : i32" in text
+
+
+def test_gpu_backends_are_refused_off_gpu_with_a_clear_error():
+  meta, args = problem("breakout", sizes=(5,))
+  for backend in ("cuda", "triton"):
+    with pytest.raises(ValueError, match=f"'{backend}' cannot run here: .*GPU"):
+      flat.open_step(meta, *args, backend=backend)
+    with pytest.raises(ValueError, match=f"'{backend}' cannot run here"):
+      open_optimizer(meta, plan=OpenPlan(1, 1, 1), backend=backend)

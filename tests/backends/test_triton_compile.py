@@ -41,3 +41,26 @@ def test_kernels_compile_for_sm90(rule):
                     dict(K=spec.meta_size, ROWS=cfg.reduce_rows, COLS=cfg.reduce_cols), 4)
   for kernel in (forward, backward, reduce):
     assert len(kernel.asm["cubin"]) > 0
+
+
+@pytest.mark.parametrize("net", ["default", "large"])
+def test_open_kernels_compile_for_sm90(net):
+  from optim4rl.rules import open as open_spec
+  ks = importlib.import_module("optim4rl.kernels")
+  cfg, sizes = ks.DEFAULT_OPEN_CONFIG, open_spec.NETS[net]
+  ptr, iptr, i32 = "*fp32", "*i32", "i32"
+  moments = _compile(ks.moments_kernel,
+                     dict(p_ptr=ptr, g_ptr=ptr, m_ptr=ptr, start_ptr=iptr, length_ptr=iptr,
+                          P=i32, C=i32, m_new_ptr=ptr, partial_ptr=ptr),
+                     {"BLOCK": cfg.block}, cfg.moments_warps)
+  network = _compile(ks.network_kernel,
+                     dict(meta_ptr=ptr, p_ptr=ptr, g_ptr=ptr, m_new_ptr=ptr, carry_ptr=ptr,
+                          dormancy_ptr=ptr, noise_ptr=ptr, start_ptr=iptr, length_ptr=iptr,
+                          tensor_ptr=iptr, inv_rms_ptr=ptr, layer_ptr=ptr, actor_ptr=ptr,
+                          training_ptr=ptr, batch_ptr=ptr, P=i32, C=i32, T=i32, u_ptr=ptr,
+                          carry_new_ptr=ptr),
+                     {**ks.open_constexprs(sizes.hidden, sizes.width,
+                                           open_spec.flat_size(sizes)), "BLOCK": cfg.block},
+                     cfg.network_warps)
+  for kernel in (moments, network):
+    assert len(kernel.asm["cubin"]) > 0

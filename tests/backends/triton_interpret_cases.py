@@ -50,7 +50,9 @@ def torch_launch(kernel, grid, num_warps, args, out_shapes, **constexprs):
   """The plan's launch callback for numpy in, numpy out, through torch CPU tensors. Outputs
   start as NaN: an element a kernel fails to write shows up in the comparisons."""
   outs = [torch.full(s, float("nan"), dtype=torch.float32) for s in out_shapes]
-  args = [torch.from_numpy(np.array(a, np.float32)) if isinstance(a, (np.ndarray, jax.Array))
+  tensor = lambda a: torch.from_numpy(np.ascontiguousarray(  # a copy: kernels write nothing in
+      a, np.int32 if np.asarray(a).dtype == np.int32 else np.float32).copy())
+  args = [tensor(a) if isinstance(a, (np.ndarray, jax.Array))
           else float(a) if isinstance(a, np.floating) else a for a in args]
   kernel[grid](*args, *outs, num_warps=num_warps, **constexprs)
   return tuple(o.numpy() for o in outs)
@@ -234,3 +236,118 @@ def test_empty_problem_skips_the_kernels(triton_on_cpu):
   assert d.shape == (0,) and h_new.shape == (16, 0)
   grad = jax.grad(lambda m: jnp.sum(fused_step(spec, m, g, h, backend="triton")[0]))(meta)
   assert grad.shape == meta.shape and not np.any(np.asarray(grad))
+
+
+
+# ----------------------------------------------------------------------------- OPEN
+
+@pytest.fixture
+def open_ks():
+  from triton.runtime.interpreter import InterpretedFunction
+  from optim4rl.kernels import open_step as kernels
+  assert isinstance(kernels.network_kernel, InterpretedFunction)
+  return kernels
+
+
+def _open_plan(name, seeds, block):
+  """A batch of OPEN problems (one per seed, the same tensor sizes) and its chunk plan."""
+  from open_cases import problem
+  from optim4rl.backends import open_step as flat
+  problems = [problem(name, seed=s) for s in seeds]
+  metas = [m for m, _ in problems]
+  args = [np.stack([np.asarray(a[i]) for _, a in problems]) for i in range(11)]
+  seg = jnp.asarray(args[4][0], jnp.int32)
+  plan = flat.chunk_plan(seg, args[0].shape[1], block)
+  return problems, metas, args, seg, plan
+
+
+@pytest.mark.parametrize("name", ["breakout", "multi"])
+def test_open_kernels_match_reference(open_ks, name):
+  """Both launches through the interpreter, a batch of two problems, chunks of 16."""
+  from open_cases import assert_kernel_matches
+  from optim4rl.backends import open_step as flat
+  from optim4rl.rules import open as spec
+  cfg = open_ks.OpenConfig(block=16)
+  problems, metas, args, seg, plan = _open_plan(name, (0, 1), cfg.block)
+  p, g, m, c, _, layer, actor, dorm, noise, training, batch = args
+  start, length, tensor = (np.broadcast_to(np.asarray(x), (2, x.shape[0])) for x in plan)
+  n, chunks, tensors = p.shape[1], start.shape[1], layer.shape[1]
+  m_new, partials = open_ks.moments(torch_launch, p, g, m, start, length, 2, n, chunks, cfg)
+  inv = np.stack([flat.tensor_inv_rms(jnp.asarray(x), plan[2], seg) for x in partials])
+  net = spec.net_of(metas[0])
+  flat_meta = np.stack([np.asarray(spec.flatten_open_meta(mt)) for mt in metas])
+  u, c_new = open_ks.network(torch_launch, flat_meta, p, g, m_new, c, dorm, noise, start, length,
+                        tensor, inv, layer, actor, training, batch, hidden=net.hidden,
+                        width=net.width, batch=2, params=n, chunks=chunks, tensors=tensors,
+                        config=cfg)
+  static = np.asarray(seg)
+  for b, (meta, a) in enumerate(problems):
+    want = jax.jit(lambda *a: flat.open_step(meta, *a[:4], static, *a[4:],
+                                             backend="reference"))(*a[:4], *a[5:])
+    assert_kernel_matches((u[b], m_new[b], c_new[b]), want, static, f"{name}, entry {b}")
+
+
+@pytest.fixture
+def open_triton_on_cpu(open_ks, monkeypatch):
+  """backend="triton" runs OPEN here: the CPU stand-in launch, chunks of 16."""
+  from optim4rl.backends import open_step as flat
+  cfg = open_ks.OpenConfig(block=16)
+  kernels = types.SimpleNamespace(moments=open_ks.moments, network=open_ks.network,
+                                  DEFAULT_OPEN_CONFIG=cfg)
+  monkeypatch.setattr(triton_backend, "_kernels", lambda: kernels)
+  monkeypatch.setattr(triton_backend, "_launch", callback_launch)
+  monkeypatch.setitem(flat.PROBLEMS, "triton", lambda platform=None: None)
+  for op in (triton_backend._open_moments_op, triton_backend._open_network_op):
+    op.cache_clear()
+  yield flat
+  for op in (triton_backend._open_moments_op, triton_backend._open_network_op):
+    op.cache_clear()
+
+
+def test_open_backend_under_jit_vmap_and_traced_offsets(open_triton_on_cpu):
+  from open_cases import assert_kernel_matches
+  flat = open_triton_on_cpu
+  problems, metas, args, seg, _ = _open_plan("breakout", (0, 1, 2), 16)
+  meta, static = metas[0], np.asarray(seg)
+  step = lambda backend: lambda p, g, m, c, s, *rest: flat.open_step(
+      meta, p, g, m, c, s, *rest, backend=backend)
+  segs = np.broadcast_to(static, (3, static.size))
+  got = jax.jit(jax.vmap(step("triton")))(*args[:4], segs, *args[5:])
+  want = jax.jit(jax.vmap(step("reference")))(*args[:4], segs, *args[5:])
+  for b in range(3):
+    assert_kernel_matches(tuple(x[b] for x in got), tuple(x[b] for x in want), static,
+                          f"vmap entry {b}, traced offsets")
+  one = [a[0] for a in args]
+  got = jax.jit(lambda *a: flat.open_step(meta, *a[:4], static, *a[4:], backend="triton"))(
+      *one[:4], *one[5:])
+  want = jax.jit(lambda *a: flat.open_step(meta, *a[:4], static, *a[4:],
+                                           backend="reference"))(*one[:4], *one[5:])
+  assert_kernel_matches(got, want, static, "static offsets")
+
+
+def test_open_optimizer_on_the_triton_backend(open_triton_on_cpu):
+  """The optax transform: an actor-critic tree, two updates, the same as the reference."""
+  from optim4rl.open_optimizer import OpenPlan, open_optimizer
+  from optim4rl.rules import open as spec
+  meta = spec.pretrained_open("breakout")
+  dense = lambda n_in, n_out, lo: {"kernel": jnp.linspace(lo, 1, n_in * n_out).reshape(
+      n_in, n_out), "bias": jnp.full((n_out,), 0.1)}
+  params = {"actor": {"Dense_0": dense(8, 5, -1.0), "Dense_1": dense(5, 4, 0.5)},
+            "critic": {"Dense_0": dense(8, 3, -0.5)}}
+  acts = jax.tree.map(lambda d: jnp.abs(jnp.cos(jnp.arange(d["bias"].shape[0], dtype=jnp.float32))),
+                      params, is_leaf=lambda x: isinstance(x, dict) and "bias" in x)
+  plan = OpenPlan(minibatches=2, epochs=2, updates=10)
+
+  def two_updates(backend):
+    tx = open_optimizer(meta, plan=plan, backend=backend)
+    state, p, out = tx.init(params), params, []
+    for i in range(2):
+      grads = jax.tree.map(lambda x: jnp.sin(3.0 * x + i), p)
+      u, state = tx.update(grads, state, p, activations=acts, key=jax.random.key(i))
+      p = jax.tree.map(jnp.add, p, u)
+      out.append(u)
+    return out
+  for got, want in zip(two_updates("triton"), two_updates("reference")):
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
+                                 atol=1e-6 * float(np.max(np.abs(np.asarray(b)))))

@@ -297,3 +297,23 @@ def test_compiled_library_reports_open_as_rules():
     want, want_size = open_offsets(net)
     assert report == want and size == want_size, net
   assert lib.open_layout(8, 32) is None
+
+
+def test_triton_open_constants_and_layout_match_rules():
+  pytest.importorskip("triton")
+  ks = importlib.import_module("optim4rl.kernels.open_step")
+  for name in ("LOG_EPS", "LAYER_NORM_EPS", "UPDATE_SCALE"):
+    assert f32(_value(getattr(ks, name))) == f32(getattr(open_spec, name)), name
+  assert tuple(f32(b) for b in ks.DECAYS) == tuple(f32(b) for b in open_spec.DECAYS)
+  assert _value(ks.MOMENTA) == len(open_spec.DECAYS)
+  assert _value(ks.FEATURES) == open_spec.FEATURES and _value(ks.OUTPUTS) == open_spec.OUTPUTS
+  assert (_value(ks.TRAINING), _value(ks.LAYER), _value(ks.BATCH), _value(ks.DORMANCY)) == (
+      open_spec.NORMALISED, open_spec.NORMALISED + 1, open_spec.NORMALISED + 2,
+      open_spec.FEATURES - 1)
+  assert _value(ks.F) == open_spec.NORMALISED + 1  # the feature tile: 15 and the dormancy
+  offset = getattr(ks._offset, "fn", ks._offset)  # the plain function behind the decorator
+  for net in open_spec.NETS.values():
+    want, size = open_offsets(net)
+    assert {name: offset(name, *net) for name in want} == want, net
+    assert offset("size", *net) == size == open_spec.flat_size(net)
+    assert ks.open_constexprs(*net, size)["K"] == size
