@@ -3,7 +3,10 @@
 For each P and backend: forward params/s (one update of P parameters, hidden state
 included) and the meta path: grad w.r.t. the meta-parameters through M = 4 scanned updates
 of a quadratic inner loss, in parameter-steps/s, with the peak resident memory of a fresh
-process running it. optax.adam's update on the same P runs in the same session.
+process running it (also per parameter-step). optax.adam's update on the same P runs in the
+same session. The anchor, "flax", is Optim4RL written as its authors' code writes it
+(optim4rl/evaluation/flax_anchor.py); the cpu backend's ratios to it and to the reference
+are of the same run.
 
   python benchmarks/bench_core.py [--sizes 1e5 1e6 4e6] [--out benchmarks/results/core.json]
 """
@@ -13,7 +16,8 @@ import argparse
 import json
 import os
 
-from optim4rl.evaluation.throughput import M_STEPS, in_fresh_process, machine_info, measure, peak_rss_gb
+from optim4rl.evaluation.throughput import (ANCHOR, M_STEPS, in_fresh_process, machine_info,
+                                            measure, peak_rss_gb)
 
 
 def run_one(kind: str, backend: str, size: int) -> dict:
@@ -27,7 +31,7 @@ def run_one(kind: str, backend: str, size: int) -> dict:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--sizes", nargs="+", type=float, default=[1e5, 1e6, 4e6])
-  parser.add_argument("--backends", nargs="+", default=["reference", "cpu"])
+  parser.add_argument("--backends", nargs="+", default=["reference", "cpu", ANCHOR])
   parser.add_argument("--out", default="benchmarks/results/core_cpu.json")
   parser.add_argument("--one", nargs=3, metavar=("KIND", "BACKEND", "P"), help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -52,17 +56,28 @@ def main():
 
   def rate(kind, backend, size):
     return next(r["rate"] for r in rows if (r["kind"], r["backend"], r["P"]) == (kind, backend, size))
+  for r in rows:  # the meta path's peak memory per parameter-step
+    if r["kind"] == "meta" and "peak_rss_gb" in r:
+      r["bytes_per_param_step"] = r["peak_rss_gb"] * 2**30 / (M_STEPS * r["P"])
   ratios = []
   for size in map(int, args.sizes):
-    if "cpu" in args.backends and "reference" in args.backends:
-      ratios.append({"P": size,
-                     "forward_cpu_over_reference": rate("forward", "cpu", size) / rate("forward", "reference", size),
-                     "forward_cpu_over_adam": rate("forward", "cpu", size) / rate("forward", "optax.adam", size),
-                     "meta_cpu_over_reference": rate("meta", "cpu", size) / rate("meta", "reference", size)})
-  print("\nP          fwd cpu/ref   fwd cpu/adam   meta cpu/ref")
+    ratio = {"P": size}
+    for other in ("reference", ANCHOR):
+      if "cpu" in args.backends and other in args.backends:
+        ratio[f"forward_cpu_over_{other}"] = rate("forward", "cpu", size) / rate("forward", other, size)
+        ratio[f"meta_cpu_over_{other}"] = rate("meta", "cpu", size) / rate("meta", other, size)
+    if "cpu" in args.backends:
+      ratio["forward_cpu_over_adam"] = rate("forward", "cpu", size) / rate("forward", "optax.adam", size)
+    ratios.append(ratio)
+  print("\nP          " + " ".join(f"{k:>26}" for k in ratios[0] if k != "P"))
   for r in ratios:
-    print(f"{r['P']:<10,d} {r['forward_cpu_over_reference']:11.1f}x {r['forward_cpu_over_adam']:13.3f}"
-          f" {r['meta_cpu_over_reference']:13.1f}x")
+    print(f"{r['P']:<10,d} " + " ".join(f"{v:25.2f}x" for k, v in r.items() if k != "P"))
+  print("\nmeta path, memory per parameter-step (bytes): peak resident (the process's baseline "
+        "included) and XLA's temporaries")
+  for r in rows:
+    if "bytes_per_param_step" in r:
+      print(f"  {r['backend']:11s} P={r['P']:>9,d}  {r['bytes_per_param_step']:8.1f} "
+            f"{r.get('xla_temp_bytes_per_param_step', float('nan')):8.1f}")
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   with open(args.out, "w") as f:
     json.dump({"benchmark": "core", "units": {"forward": "params/s", "meta": "param-steps/s "

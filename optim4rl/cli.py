@@ -56,6 +56,10 @@ def _count(text: str) -> int:
   return _integer(text, 0)
 
 
+def _unit_chunk(text: str) -> int | str:
+  return text if text == "auto" else _positive_int(text)
+
+
 def _positive_number(text: str) -> float:
   value = _number(text)
   if not value > 0:
@@ -176,7 +180,7 @@ def cmd_meta_train(args):
                     **validation)
 
   meta_train(cfg, task, args.out, checkpoint_every=args.checkpoint_every,
-             log_every=args.log_every, progress=report, mesh=mesh)
+             log_every=args.log_every, progress=report, mesh=mesh, unit_chunk=args.unit_chunk)
   for bar in bars:
     bar.close()
   out = Path(args.out)
@@ -270,6 +274,10 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--lrs", nargs="+", type=_positive_number, help="agent learning rate(s), one per world")
   p.add_argument("--rule", default="optim4rl")
   p.add_argument("--units", type=_positive_int, default=512)
+  p.add_argument("--unit-chunk", type=_unit_chunk, default="auto",
+                 help="units of a device run at once, their meta-gradients summed (memory "
+                      "bounded by the chunk; the same run): a divisor of the device's units, or "
+                      "auto (all up to 64, else as many as fit in half the free memory)")
   p.add_argument("--envs-per-unit", type=_positive_int, default=1)
   p.add_argument("--reset-interval", type=_positive_int, default=256)
   p.add_argument("--inner-updates", type=_positive_int, default=4)

@@ -29,11 +29,25 @@ def time_call(fn, *args, min_time: float = 1.0, max_reps: int = 50) -> float:
       return elapsed / reps
 
 
-def measure(kind: str, backend: str, size: int, rule: str = "optim4rl") -> dict:
-  """{"seconds", "rate"}: kind "forward" (params/s) or "meta" (param-steps/s);
-  backend a fused-step backend or "optax.adam" (forward only)."""
+ANCHOR = "flax"  # the plain flax formulation of the authors' module (evaluation/flax_anchor.py)
+
+
+def _optimizer(backend: str, rule: str, key):
+  """(meta-parameters, make(meta, learning_rate) -> optax transformation) of a backend."""
+  if backend == ANCHOR:
+    from optim4rl.evaluation.flax_anchor import anchor_optimizer, init_anchor
+    if rule != "optim4rl":
+      raise ValueError(f"the flax anchor is Optim4RL's module, not {rule!r}")
+    return init_anchor(key), anchor_optimizer
   from optim4rl.rules import init_meta_params
   from optim4rl.transforms import learned_optimizer
+  return init_meta_params(key, rule), lambda meta, lr: learned_optimizer(
+      meta, rule=rule, learning_rate=lr, backend=backend)
+
+
+def measure(kind: str, backend: str, size: int, rule: str = "optim4rl") -> dict:
+  """{"seconds", "rate"}: kind "forward" (params/s) or "meta" (param-steps/s);
+  backend a fused-step backend, "flax" (the anchor) or "optax.adam" (forward only)."""
   key = jax.random.key(0)
   g = (jax.random.normal(key, (size,)) * 1e-3).astype(jnp.float32)
   if backend == "optax.adam":
@@ -42,9 +56,9 @@ def measure(kind: str, backend: str, size: int, rule: str = "optim4rl") -> dict:
     tx = optax.adam(1e-3)
     seconds = time_call(jax.jit(tx.update), g, tx.init(g))
     return {"seconds": seconds, "rate": size / seconds}
-  meta = init_meta_params(key, rule)
+  meta, make = _optimizer(backend, rule, key)
   if kind == "forward":
-    tx = learned_optimizer(meta, rule=rule, learning_rate=1e-3, backend=backend)
+    tx = make(meta, 1e-3)
     seconds = time_call(jax.jit(tx.update), g, tx.init(g))
     return {"seconds": seconds, "rate": size / seconds}
   if kind != "meta":
@@ -55,7 +69,7 @@ def measure(kind: str, backend: str, size: int, rule: str = "optim4rl") -> dict:
     return 0.5 * jnp.sum(jnp.square(p - target))
 
   def meta_loss(meta):
-    tx = learned_optimizer(meta, rule=rule, learning_rate=1e-2, backend=backend)
+    tx = make(meta, 1e-2)
 
     def body(carry, _):
       p, s = carry
@@ -65,8 +79,14 @@ def measure(kind: str, backend: str, size: int, rule: str = "optim4rl") -> dict:
     (p, _), _ = jax.lax.scan(body, (p0, tx.init(p0)), None, length=M_STEPS)
     return inner(p)
 
-  seconds = time_call(jax.jit(jax.grad(meta_loss)), meta, min_time=2.0, max_reps=5)
-  return {"seconds": seconds, "rate": M_STEPS * size / seconds}
+  meta_grad = jax.jit(jax.grad(meta_loss))
+  memory = meta_grad.lower(meta).compile().memory_analysis()
+  seconds = time_call(meta_grad, meta, min_time=2.0, max_reps=5)
+  # XLA's working memory of the meta path (temporaries: residuals of the 4 updates and
+  # everything else alive at once), per parameter-step; the process's baseline excluded.
+  temp = memory.temp_size_in_bytes if memory is not None else float("nan")
+  return {"seconds": seconds, "rate": M_STEPS * size / seconds,
+          "xla_temp_bytes_per_param_step": temp / (M_STEPS * size)}
 
 
 def peak_rss_gb() -> float:

@@ -56,14 +56,31 @@ def initial_state(cfg: MetaConfig, tasks: Tasks, mesh: Mesh | None = None) -> Me
       iteration=jnp.zeros([], jnp.int32), key=key, best_score=jnp.float32(-jnp.inf),
       best_meta=meta), mesh)
   # Every leaf in its own buffer (meta_avg is meta; Brax states share zeros): the state is
-  # donated to the iteration, and a buffer cannot be donated twice.
-  return jax.tree.map(jnp.copy, MetaState(units=tuple(units), **rest))
+  # donated to the iteration, and a buffer cannot be donated twice. Only repeated buffers are
+  # copied: the units can be most of the machine's memory.
+  return _own_buffers(MetaState(units=tuple(units), **rest))
 
 
-def make_iteration(cfg: MetaConfig, tasks: Tasks, mesh: Mesh | None = None):
+def _own_buffers(tree):
+  seen = set()
+
+  def buffers(x):
+    return {shard.data.unsafe_buffer_pointer() for shard in x.addressable_shards}
+
+  def own(x):
+    if buffers(x) & seen:  # any shard shared (a replicated copy may share one device's)
+      x = jnp.copy(x)
+    seen.update(buffers(x))
+    return x
+  return jax.tree.map(own, tree)
+
+
+def make_iteration(cfg: MetaConfig, tasks: Tasks, mesh: Mesh | None = None,
+                   unit_chunk: int | None = None):
   """`iteration(state) -> (state, metrics)`, jitted; the state passed in is donated (its
-  buffers are reused for the new one), so it must not be used again."""
-  steps = [pipeline.meta_step(task, cfg, mesh) for task in tasks.tasks]
+  buffers are reused for the new one), so it must not be used again. `unit_chunk`: units run
+  at once on a device (None: all; see pipeline.meta_step)."""
+  steps = [pipeline.meta_step(task, cfg, mesh, unit_chunk) for task in tasks.tasks]
   opt = pipeline.meta_optimizer(cfg)
   decay = cfg.average_decay
 

@@ -32,6 +32,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from optim4rl.backends import resolve_backend
+from optim4rl.meta import pipeline
 from optim4rl.meta.config import MetaConfig
 from optim4rl.meta.iteration import MetaState, Metrics, initial_state, make_iteration
 from optim4rl.meta.tasks import TaskConfig, Tasks
@@ -221,12 +222,15 @@ class _Log:
 
 def meta_train(cfg: MetaConfig, task: TaskConfig, run_dir: str | Path, *,
                checkpoint_every: int = 50, log_every: int = 10,
-               progress: Callable[[int, dict], None] | None = None, mesh=None):
+               progress: Callable[[int, dict], None] | None = None, mesh=None,
+               unit_chunk: int | str | None = "auto"):
   """Meta-train (or resume) in `run_dir`; returns the final meta-parameters.
 
   `task`: a plug-in's config (`meta.a2c.GridworldConfig`: A2C on gridworlds,
   `meta.ppo.BraxConfig`: PPO on Brax); `mesh`, a `pipeline.units_mesh`, splits the units over
-  its devices. The device's metrics are read every `log_every` iterations;
+  its devices; `unit_chunk` is how many units of a device run at once (None: all; "auto":
+  all, or as many as fit in half the free memory, `pipeline.auto_unit_chunk`). It changes the
+  memory a run needs, not the run (up to rounding). The device's metrics are read every `log_every` iterations;
   `progress(iteration, row)` is called once with an empty row when the run starts (validated,
   locked and restored; `iteration` is where it resumes) and then for every row of log.csv as
   it is written (with the validation score under "validation" on validated iterations).
@@ -237,6 +241,9 @@ def meta_train(cfg: MetaConfig, task: TaskConfig, run_dir: str | Path, *,
   if checkpoint_every < 1 or log_every < 1:
     raise ValueError(f"checkpoint_every and log_every must be >= 1, got {checkpoint_every} "
                      f"and {log_every}")
+  local = cfg.units // (mesh.size if mesh is not None else 1)
+  if unit_chunk != "auto":
+    pipeline.check_unit_chunk(unit_chunk, local)
   # Everything is validated (the tasks built) before anything is written.
   tasks = task.tasks(cfg)
   if cfg.validate_every > 0 and tasks.validate is None:
@@ -244,11 +251,11 @@ def meta_train(cfg: MetaConfig, task: TaskConfig, run_dir: str | Path, *,
   run_dir = Path(run_dir).absolute()
   with RunLock(run_dir):
     _check_config(run_dir, cfg, task)
-    return _run(cfg, tasks, run_dir, checkpoint_every, log_every, progress, mesh)
+    return _run(cfg, tasks, run_dir, checkpoint_every, log_every, progress, mesh, unit_chunk)
 
 
 def _run(cfg: MetaConfig, tasks: Tasks, run_dir: Path, checkpoint_every: int, log_every: int,
-         progress, mesh):
+         progress, mesh, unit_chunk):
   state = initial_state(cfg, tasks, mesh)
   manager = ocp.CheckpointManager(run_dir / "checkpoints",
                                   options=ocp.CheckpointManagerOptions(max_to_keep=2))
@@ -261,7 +268,12 @@ def _run(cfg: MetaConfig, tasks: Tasks, run_dir: Path, checkpoint_every: int, lo
     for step in damaged:  # computed again below
       manager.delete(step)
     _write_outputs(run_dir, state, cfg)
-  iteration = make_iteration(cfg, tasks, mesh)
+  if unit_chunk == "auto":
+    local = cfg.units // (mesh.size if mesh is not None else 1)
+    budget = pipeline.memory_budget()
+    unit_chunk = min(pipeline.auto_unit_chunk(task, state.meta, units, local, budget)
+                     for task, units in zip(tasks.tasks, state.units))
+  iteration = make_iteration(cfg, tasks, mesh, unit_chunk)
   start = int(state.iteration)
   logged = _truncate_csv(run_dir / "log.csv", start)
   _truncate_csv(run_dir / "validation.csv", start)
