@@ -108,7 +108,12 @@ def test_module_entry_point_help():
 def test_bench_prints_a_table(capsys):
   assert main(["bench", "--sizes", "64", "--backends", "reference"]) == 0
   lines = capsys.readouterr().out.splitlines()
-  assert "forward" in lines[1] and "meta" in lines[1]
-  assert any("reference" in line and "M/s" in line for line in lines[2:])
-  assert any("optax.adam" in line for line in lines[2:])
+  assert "forward" in lines[0] and "meta" in lines[0] and "FMA peak" in lines[0]
+  assert all(column in lines[1] for column in ("GFLOP/s", "of peak", "B/param", "GB/s"))
+  rows = [line.split() for line in lines[2:]]
+  for backend in ("reference", "flax"):  # the anchor joins every Optim4RL table
+    assert [r[2] for r in rows if r[1] == backend] == ["forward", "meta"]
+  forward = next(r for r in rows if r[1] == "reference" and r[2] == "forward")
+  assert forward[4] == "M/s" and forward[6].endswith("%") and forward[7] == "136"
+  assert any(r[1] == "optax.adam" for r in rows)
   assert main(["bench", "--sizes", "64", "--backends", "warp"]) == 2

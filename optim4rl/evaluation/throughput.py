@@ -124,16 +124,31 @@ def machine_info() -> dict:
 
 
 def throughput_table(sizes, backends=None, rule: str = "optim4rl") -> str:
-  """A text table of forward and meta-path rates for each size and backend, plus Adam."""
+  """A text table of forward and meta-path rates for each size and backend (plus Adam and,
+  for Optim4RL, the flax anchor), read against the machine's limits (evaluation/roofline.py):
+  achieved GFLOP/s and their share of the CPU's measured FMA peak, bytes moved per parameter
+  and GB/s."""
   from optim4rl.backends import available_backends
+  from optim4rl.evaluation.roofline import cpu_fma_peak, roofline_row
   backends = list(backends or available_backends())
+  if rule == "optim4rl" and ANCHOR not in backends:
+    backends.append(ANCHOR)
+  peak = cpu_fma_peak() if jax.default_backend() == "cpu" else None
+  peak_gflops = peak["peak_gflops"] if peak else None
+  peak_text = (f"measured fp32 FMA peak {peak_gflops:.0f} GFLOP/s on {peak['threads']} threads"
+               if peak else "no FMA peak measured (CPU only)")
   lines = [f"{machine_info()['device']}, rule {rule}; forward in params/s, meta in "
-           f"param-steps/s (grad through {M_STEPS} updates)",
-           f"{'P':>10}  {'backend':<11} {'forward':>12} {'meta':>12}"]
+           f"param-steps/s (grad through {M_STEPS} updates); {peak_text}",
+           f"{'P':>10}  {'backend':<11} {'kind':<8} {'rate':>12} {'GFLOP/s':>8} {'of peak':>8} "
+           f"{'B/param':>8} {'GB/s':>7}"]
+  share = lambda x: "-" if x is None else f"{100 * x:.1f}%"
   for size in sizes:
     for backend in backends + ["optax.adam"]:
-      fwd = measure("forward", backend, size, rule)["rate"]
-      meta = ("-" if backend == "optax.adam"
-              else f"{measure('meta', backend, size, rule)['rate'] / 1e6:9.2f} M/s")
-      lines.append(f"{size:>10,d}  {backend:<11} {fwd / 1e6:9.2f} M/s {meta:>12}")
+      for kind in ("forward",) if backend == "optax.adam" else ("forward", "meta"):
+        rate = measure(kind, backend, size, rule)["rate"]
+        r = roofline_row(kind, backend, rule, rate, peak_gflops)
+        moved = (f"{r['bytes_per_param']:>8d} {r['gb_per_s']:7.1f}" if "bytes_per_param" in r
+                 else f"{'-':>8} {'-':>7}")
+        lines.append(f"{size:>10,d}  {backend:<11} {kind:<8} {rate / 1e6:8.2f} M/s "
+                     f"{r['gflops']:8.1f} {share(r['share_of_peak']):>8} {moved}")
   return "\n".join(lines)

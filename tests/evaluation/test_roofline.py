@@ -1,0 +1,25 @@
+"""The roofline's counts follow the rules' shapes; the FMA peak is measured."""
+import pytest
+
+from optim4rl.evaluation import roofline
+
+
+def test_flops_and_bytes_follow_the_rules():
+  # Algorithm 1: GRU (2 in, 8 hidden) and MLP 8-16-16-2; GRU (1 in) and MLP 8-16-16-1.
+  macs = 3 * 8 * (2 + 8) + 8 * 16 + 16 * 16 + 16 * 2 + 3 * 8 * (1 + 8) + 8 * 16 + 16 * 16 + 16
+  assert roofline.flops_per_element("optim4rl") == 2 * macs == 2544
+  assert roofline.flops_per_element("linear_optim") == 2 * (3 * 8 * 10 + 8 * 16 + 16 * 16 + 48)
+  assert roofline.bytes_per_element("cpu", "optim4rl") == (2 + 2 * 16) * 4
+  assert roofline.bytes_per_element("optax.adam", "optim4rl") == 24
+  row = roofline.roofline_row("forward", "cpu", "optim4rl", 1e6, peak_gflops=10.0)
+  assert row["gflops"] == pytest.approx(2.544) and row["share_of_peak"] == pytest.approx(0.2544)
+  assert row["gb_per_s"] == pytest.approx(0.136)
+  meta = roofline.roofline_row("meta", "cpu", "optim4rl", 1e6, peak_gflops=None)
+  assert meta["gflops"] == pytest.approx(4 * 2.544) and meta["share_of_peak"] is None
+
+
+def test_cpu_fma_peak_is_measured():
+  peak = roofline.cpu_fma_peak()
+  if peak is None:
+    pytest.skip("no C compiler")
+  assert peak["threads"] >= 1 and peak["peak_gflops"] > 0
