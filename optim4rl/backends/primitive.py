@@ -60,6 +60,10 @@ def fused_step(rule: Rule, meta_flat, g, h, *, clip: float = 1.0, backend: str =
   impl = BACKENDS.get(backend)
   if impl is None:
     raise ValueError(f"optim4rl: backend {backend!r} has no kernel in this build")
+  # Gradients are constants of the meta path (Algorithm 1). Said here, before the custom VJP,
+  # so that JAX never linearises what computed them (the agent's backward pass): a zero
+  # cotangent returned by the VJP would still be pushed back through all of it.
+  g = jax.lax.stop_gradient(g)
   if impl.backward is None:  # differentiated by JAX
     return impl.forward(rule, float(clip), meta_flat, g, h)
   return _kernel_step(impl, rule, float(clip), meta_flat, g, h)
