@@ -37,7 +37,11 @@ def train(task: str, optimizer: optax.GradientTransformation, *, steps: int | No
   env, env_params = gymnax_tasks.make(task)
   nets = ppo.make_networks(ppo.action_count(env, env_params), s)
   keys = jnp.stack([jax.random.PRNGKey(int(k)) for k in seeds])
-  state = jax.jit(jax.vmap(lambda k: ppo.init(env, env_params, nets, optimizer, k, s)))(keys)
+  # One seed at a time (lax.map), not vmap: batched, the orthogonal initialisers' QR
+  # factorisations (LAPACK custom calls) split their batch onto XLA:CPU's worker pool while
+  # running on it, and two of them at once on a 2-core machine deadlock that pool.
+  state = jax.jit(lambda ks: jax.lax.map(
+      lambda k: ppo.init(env, env_params, nets, optimizer, k, s), ks))(keys)
   step = lambda st: ppo.update(env, env_params, nets, optimizer, s, st)
   return run_chunks(step, state, steps=steps or s.num_timesteps,
                     steps_per_update=ppo.env_steps_per_update(s), chunks=chunks,
