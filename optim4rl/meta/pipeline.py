@@ -99,17 +99,26 @@ AUTO_ALL_UNITS = 64  # "auto" runs up to this many units of a device at once wit
 
 
 def auto_unit_chunk(task: Task, meta, units, local: int, budget_bytes: float) -> int:
-  """The units a device runs at once: all of them if `local` <= AUTO_ALL_UNITS or if they fit
-  in `budget_bytes` of working memory, else the largest divisor of `local` that fits. The
-  working memory per unit is XLA's (temporaries and outputs of the compiled meta-gradient of
-  a few units; one extra compilation)."""
+  """The units a device runs at once: all of them if `local` <= AUTO_ALL_UNITS, else
+  `chunk_for_budget` of XLA's working memory per unit (temporaries and outputs of the
+  compiled meta-gradient of a few units; one extra compilation)."""
   if local <= AUTO_ALL_UNITS:
     return local
+  return chunk_for_budget(local, unit_working_bytes(task, meta, units, local), budget_bytes)
+
+
+def unit_working_bytes(task: Task, meta, units, local: int) -> float:
+  """XLA's working memory per unit of the meta-gradient, from a compilation for a few units."""
   probe = max(d for d in range(1, 9) if local % d == 0)
   sample = jax.tree.map(lambda x: x[:probe], units)
   grad = jax.vmap(jax.grad(task.unit_loss, has_aux=True), (None, 0))
   memory = jax.jit(grad).lower(meta, sample).compile().memory_analysis()
-  per_unit = (memory.temp_size_in_bytes + memory.output_size_in_bytes) / probe
+  return (memory.temp_size_in_bytes + memory.output_size_in_bytes) / probe
+
+
+def chunk_for_budget(local: int, per_unit: float, budget_bytes: float) -> int:
+  """All `local` units if they fit in `budget_bytes`, else the largest divisor that does (at
+  least 1)."""
   fit = max(1, int(budget_bytes // max(per_unit, 1.0)))
   return max(d for d in range(1, min(fit, local) + 1) if local % d == 0)
 

@@ -278,9 +278,12 @@ def test_auto_unit_chunk_follows_the_memory_budget():
   task = M.world_task(cfg, GRID, 0)
   meta = optim4rl.init_meta_params(jax.random.key(0), cfg.rule)
   units = task.fresh_units(jax.random.split(jax.random.PRNGKey(1), 128))
-  assert pipeline.auto_unit_chunk(task, meta, units, 128, budget_bytes=1e15) == 128
-  assert pipeline.auto_unit_chunk(task, meta, units, 128, budget_bytes=1.0) == 1
-  some = pipeline.auto_unit_chunk(task, meta, units, 128, budget_bytes=3e6)
-  assert 1 <= some <= 128 and 128 % some == 0
+  per_unit = pipeline.unit_working_bytes(task, meta, units, 128)
+  assert per_unit > 0
+  assert pipeline.chunk_for_budget(128, per_unit, 1e15) == 128
+  assert pipeline.chunk_for_budget(128, per_unit, 1.0) == 1
+  assert pipeline.chunk_for_budget(128, per_unit, 5.5 * per_unit) == 4  # largest divisor <= 5
+  assert pipeline.chunk_for_budget(96, per_unit, 40 * per_unit) == 32
+  assert pipeline.auto_unit_chunk(task, meta, units, 128, budget_bytes=2.5 * per_unit) == 2
   assert pipeline.auto_unit_chunk(task, meta, units, 64, budget_bytes=1.0) == 64  # small: all
   assert pipeline.memory_budget() > 0
