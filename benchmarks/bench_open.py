@@ -6,8 +6,8 @@ layers of equal width chosen to give about P parameters), jitted, after a warm-u
 backends (the reference and every OPEN kernel that runs here: cpu, or cuda and triton on a
 GPU) are timed in alternation, `--repeats` calls each, and the median is reported in
 parameters per second, with each kernel's ratio to the reference in the same run. For where
-the time goes, also the flat step alone (`open_step` on operands already laid end to end: no flattening, no
-noise, no mean).
+the time goes, also the flat step alone (`open_step` on operands already laid end to end: no
+flattening, no noise, no mean).
 
   python benchmarks/bench_open.py [--sizes 1e5 1e6] [--nets breakout multi] [--backends ...]
                                   [--out FILE]

@@ -214,8 +214,7 @@ def _reference_traced(meta, p, g, momenta, carry, segments, layer, actor, dorman
 def _cpu(net, flat_meta, p, g, momenta, carry, segments, layer, actor, dormancy, noise,
          training, batch):
   registry.cpu_library()  # registers the FFI targets
-  f32 = lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32)
-  call = jax.ffi.ffi_call(TARGET, (f32(p), f32(momenta), f32(carry)),
+  call = jax.ffi.ffi_call(TARGET, _f32(p.shape, momenta.shape, carry.shape),
                           vmap_method="broadcast_all")
   return call(flat_meta, p, g, momenta, carry, segments, layer, actor, dormancy, noise,
               training, batch, hidden=np.int32(net.hidden), width=np.int32(net.width))

@@ -230,8 +230,8 @@ def meta_train(cfg: MetaConfig, task: TaskConfig, run_dir: str | Path, *,
   `meta.ppo.BraxConfig`: PPO on Brax); `mesh`, a `pipeline.units_mesh`, splits the units over
   its devices; `unit_chunk` is how many units of a device run at once (None: all; "auto":
   all, or as many as fit in half the free memory, `pipeline.auto_unit_chunk`). It changes the
-  memory a run needs, not the run (up to rounding). The device's metrics are read every `log_every` iterations;
-  `progress(iteration, row)` is called once with an empty row when the run starts (validated,
+  memory a run needs, not the run (up to rounding). The device's metrics are read every
+  `log_every` iterations; `progress(iteration, row)` is called once with an empty row when the run starts (validated,
   locked and restored; `iteration` is where it resumes) and then for every row of log.csv as
   it is written (with the validation score under "validation" on validated iterations).
 
@@ -241,9 +241,8 @@ def meta_train(cfg: MetaConfig, task: TaskConfig, run_dir: str | Path, *,
   if checkpoint_every < 1 or log_every < 1:
     raise ValueError(f"checkpoint_every and log_every must be >= 1, got {checkpoint_every} "
                      f"and {log_every}")
-  local = cfg.units // (mesh.size if mesh is not None else 1)
   if unit_chunk != "auto":
-    pipeline.check_unit_chunk(unit_chunk, local)
+    pipeline.check_unit_chunk(unit_chunk, pipeline.units_per_device(cfg, mesh))
   # Everything is validated (the tasks built) before anything is written.
   tasks = task.tasks(cfg)
   if cfg.validate_every > 0 and tasks.validate is None:
@@ -269,8 +268,7 @@ def _run(cfg: MetaConfig, tasks: Tasks, run_dir: Path, checkpoint_every: int, lo
       manager.delete(step)
     _write_outputs(run_dir, state, cfg)
   if unit_chunk == "auto":
-    local = cfg.units // (mesh.size if mesh is not None else 1)
-    budget = pipeline.memory_budget()
+    local, budget = pipeline.units_per_device(cfg, mesh), pipeline.memory_budget()
     unit_chunk = min(pipeline.auto_unit_chunk(task, state.meta, units, local, budget)
                      for task, units in zip(tasks.tasks, state.units))
   iteration = make_iteration(cfg, tasks, mesh, unit_chunk)

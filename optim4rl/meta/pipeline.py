@@ -23,8 +23,8 @@ def meta_step(task: Task, cfg: MetaConfig, mesh: Mesh | None = None,
   """`step(meta, units, t, key) -> (meta-gradient, units, (return sum, episodes))` for `task`.
 
   Units due at t (pipeline offsets over cfg.reset_interval) are replaced by fresh ones made
-  from `key` (split into one key per unit); each unit takes one `task.unit_loss` iteration; the meta-gradient is the mean
-  over cfg.units, rescaled per cfg.max_norm. With a `mesh` (one axis "units"), each device
+  from `key` (split into one key per unit); each unit takes one `task.unit_loss` iteration;
+  the meta-gradient is the mean over cfg.units, rescaled per cfg.max_norm. With a `mesh` (one axis "units"), each device
   runs its block of units and the partial sums are added across devices. With `unit_chunk`,
   a device's units run `unit_chunk` at a time (a loop over chunks, updated in place, their
   meta-gradients summed): working memory is bounded by the chunk, not by the units; the
@@ -32,11 +32,9 @@ def meta_step(task: Task, cfg: MetaConfig, mesh: Mesh | None = None,
   """
   n = cfg.units
   offsets = reset_offsets(n, cfg.reset_interval)
-  if mesh is not None and n % mesh.size:
-    raise ValueError(f"{n} units do not split evenly over {mesh.size} devices")
-  local = n // (mesh.size if mesh is not None else 1)
+  local = units_per_device(cfg, mesh)
   chunk = check_unit_chunk(unit_chunk, local)
-  grad = jax.vmap(jax.grad(task.unit_loss, has_aux=True), (None, 0))
+  grad = unit_gradients(task)
 
   def run_units(meta, units, keys, due):
     """Sums over these units (the due ones first replaced by fresh ones from their keys)."""
@@ -82,6 +80,20 @@ def meta_step(task: Task, cfg: MetaConfig, mesh: Mesh | None = None,
   return step
 
 
+def units_per_device(cfg: MetaConfig, mesh: Mesh | None) -> int:
+  """The units each device of `mesh` runs (all of them without a mesh)."""
+  if mesh is None:
+    return cfg.units
+  if cfg.units % mesh.size:
+    raise ValueError(f"{cfg.units} units do not split evenly over {mesh.size} devices")
+  return cfg.units // mesh.size
+
+
+def unit_gradients(task: Task):
+  """`grad(meta, units) -> (per-unit meta-gradients, (units, (returns, episodes)))`."""
+  return jax.vmap(jax.grad(task.unit_loss, has_aux=True), (None, 0))
+
+
 def check_unit_chunk(unit_chunk: int | None, local: int) -> int:
   """The units run at once on a device with `local` units: `unit_chunk` (None: all of them),
   which must divide them."""
@@ -111,8 +123,7 @@ def unit_working_bytes(task: Task, meta, units, local: int) -> float:
   """XLA's working memory per unit of the meta-gradient, from a compilation for a few units."""
   probe = max(d for d in range(1, 9) if local % d == 0)
   sample = jax.tree.map(lambda x: x[:probe], units)
-  grad = jax.vmap(jax.grad(task.unit_loss, has_aux=True), (None, 0))
-  memory = jax.jit(grad).lower(meta, sample).compile().memory_analysis()
+  memory = jax.jit(unit_gradients(task)).lower(meta, sample).compile().memory_analysis()
   return (memory.temp_size_in_bytes + memory.output_size_in_bytes) / probe
 
 
