@@ -2,7 +2,7 @@
 // denormal mode of their worker threads. Shared by cpu_ffi.cc and open_cpu_ffi.cc.
 #pragma once
 #include <xmmintrin.h>
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -13,11 +13,21 @@
 
 namespace o4r::cpu {
 
+// Lanes l < n set (all ones), the rest clear.
+inline vi lanes_below(int64_t n) {
+  vi lane;
+  for (int l = 0; l < W; ++l) lane[l] = l;
+  return lane < static_cast<int32_t>(n);
+}
+
 // Load W values starting at x (n valid, rest zero) and store n of them back. Masked moves
 // where there are (a memcpy of a runtime size is a libc call per vector).
 inline vf load(const float* x, int64_t n) {
 #if defined(__AVX512F__)
   return (vf)_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), x);
+#elif defined(O4R_AVX2)
+  if (n == W) return (vf)_mm256_loadu_ps(x);
+  return (vf)_mm256_maskload_ps(x, (__m256i)lanes_below(n));
 #else
   vf v = {};
   if (n == W) std::memcpy(&v, x, sizeof(vf));
@@ -28,6 +38,9 @@ inline vf load(const float* x, int64_t n) {
 inline void store(float* x, vf v, int64_t n) {
 #if defined(__AVX512F__)
   _mm512_mask_storeu_ps(x, static_cast<__mmask16>((1u << n) - 1), (__m512)v);
+#elif defined(O4R_AVX2)
+  if (n == W) _mm256_storeu_ps(x, (__m256)v);
+  else _mm256_maskstore_ps(x, (__m256i)lanes_below(n), (__m256)v);
 #else
   if (n == W) std::memcpy(x, &v, sizeof(vf));
   else std::memcpy(x, &v, sizeof(float) * n);

@@ -1,6 +1,6 @@
 // CPU backend: XLA FFI handlers for the fused forward and backward of every rule.
 //
-// Work is split into blocks of W = 16 parameters (one SIMD vector per value) and the blocks
+// Work is split into blocks of W parameters (one SIMD register per value) and the blocks
 // of all batch entries are spread over OpenMP threads. The backward recomputes the forward
 // per block and accumulates meta-parameter cotangents in per-thread lane accumulators,
 // flushed to double precision every kFlushBlocks blocks; per-thread partials are summed in

@@ -1,15 +1,24 @@
-// SIMD math policy for the CPU backend: T = 16 floats (one AVX-512 register; GCC splits it
-// on narrower machines). exp/log/tanh are Cephes-style polynomials (about 1-2 ulp) written
-// with vector operations, because libm has no vector entry points we can rely on.
+// SIMD math policy for the CPU backend: T = one native register of floats (16 with AVX-512,
+// 8 with AVX2, 4 otherwise). A wider generic vector than the machine's registers is not an
+// option: GCC scalarises its compares and selects (measured 9x slower on AVX2). exp/log/tanh
+// are Cephes-style polynomials (about 1-2 ulp) written with vector operations, because libm
+// has no vector entry points we can rely on.
 #pragma once
 #include <cstdint>
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
 namespace o4r::cpu {
 
+#if defined(__AVX512F__)
 constexpr int W = 16;  // parameters per SIMD block
+#elif defined(__AVX2__) && defined(__FMA__)
+#define O4R_AVX2 1
+constexpr int W = 8;
+#else
+constexpr int W = 4;
+#endif
 typedef float vf __attribute__((vector_size(4 * W)));
 typedef int32_t vi __attribute__((vector_size(4 * W)));
 
@@ -20,6 +29,8 @@ struct VecMath {
   static inline vf fma(vf a, vf b, vf c) {  // a b + c, one rounding
 #if defined(__AVX512F__)
     return (vf)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#elif defined(O4R_AVX2)
+    return (vf)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
 #else
     vf r;
     for (int i = 0; i < W; ++i) r[i] = __builtin_fmaf(a[i], b[i], c[i]);
@@ -30,6 +41,8 @@ struct VecMath {
   static inline vf sqrt(vf x) {
 #if defined(__AVX512F__)
     return (vf)_mm512_sqrt_ps((__m512)x);
+#elif defined(O4R_AVX2)
+    return (vf)_mm256_sqrt_ps((__m256)x);
 #else
     vf r;
     for (int i = 0; i < W; ++i) r[i] = __builtin_sqrtf(x[i]);

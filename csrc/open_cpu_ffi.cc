@@ -1,7 +1,7 @@
 // CPU backend of OPEN: the XLA FFI handler of the flat forward step over all tensors of a
 // parameter tree (optim4rl/backends/open_step.py says what the operands are).
 //
-// Each tensor is cut into blocks of W = 16 elements (one SIMD vector per value; a block never
+// Each tensor is cut into blocks of W elements (one SIMD vector per value; a block never
 // straddles two tensors, so a block has one set of per-tensor weights). Two passes:
 //   1. update the momenta and sum, per tensor, the squares of the 15 normalised features, over
 //      contiguous per-thread ranges of blocks: lane sums in float, flushed to per-thread double sums every kFlushBlocks blocks and at
