@@ -155,6 +155,8 @@ ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> meta, ffi::Buffer<ffi::F32> g,
                         h.element_count(), &pr); e.failure())
     return e;
   if (pr.params == 0) return ffi::Error::Success();
+  advise_huge_pages(dir->typed_data(), dir->size_bytes());
+  advise_huge_pages(h_new->typed_data(), h_new->size_bytes());
   dispatch_rule(rule, [&](auto tag) {
     forward<decltype(tag)::value>(meta.typed_data(), g.typed_data(), h.typed_data(),
                                   dir->typed_data(), h_new->typed_data(), pr, clip);
@@ -176,6 +178,7 @@ ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> meta, ffi::Buffer<ffi::F32> g,
     std::fill_n(d_meta->typed_data(), d_meta->element_count(), 0.0f);
     return ffi::Error::Success();
   }
+  advise_huge_pages(d_h->typed_data(), d_h->size_bytes());
   dispatch_rule(rule, [&](auto tag) {
     backward<decltype(tag)::value>(meta.typed_data(), g.typed_data(), h.typed_data(),
                                    d_dir.typed_data(), d_h_new.typed_data(),

@@ -36,6 +36,7 @@ using o4r::cpu::store;
 using o4r::cpu::vf;
 using o4r::cpu::vi;
 using o4r::cpu::VecMath;
+using o4r::cpu::advise_huge_pages;
 using o4r::cpu::W;
 
 constexpr int64_t kFlushBlocks = 32;        // float lane sums stay short
@@ -196,6 +197,9 @@ ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> meta, ffi::Buffer<ffi::F32> p,
       if (s[t + 1] < s[t]) return invalid("OPEN: segments must not decrease");
   }
   if (P == 0) return ffi::Error::Success();
+  advise_huge_pages(u->typed_data(), u->size_bytes());
+  advise_huge_pages(momenta_new->typed_data(), momenta_new->size_bytes());
+  advise_huge_pages(carry_new->typed_data(), carry_new->size_bytes());
   dispatch_net(hidden, width, [&](auto layout) {
     using L = decltype(layout);
     Weights<L::kHidden, L::kWidth> w;
