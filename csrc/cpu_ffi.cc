@@ -211,4 +211,6 @@ PYBIND11_MODULE(_cpu, m) {
   o4r::add_info(m);
   o4r::open::add_info(m);
   m.def("num_threads", []() { return omp_get_max_threads(); });
+  m.def("simd_lanes", []() { return o4r::cpu::W; },
+        "floats per SIMD register the kernels were built for (16 AVX-512, 8 AVX2, 4 other)");
 }

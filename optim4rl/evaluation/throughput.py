@@ -120,7 +120,17 @@ def machine_info() -> dict:
           "device": str(jax.devices()[0]), "platform": jax.default_backend(),
           "python": platform.python_version(), "jax": jax.__version__,
           "jaxlib": jaxlib.__version__, "optax": optax.__version__,
-          "omp_threads": os.environ.get("OMP_NUM_THREADS", "default")}
+          "omp_threads": os.environ.get("OMP_NUM_THREADS", "default"),
+          "cpu_kernel_simd_lanes": _cpu_simd_lanes()}
+
+
+def _cpu_simd_lanes() -> int | None:
+  """The SIMD width the cpu backend was compiled for (it decides which code path ran)."""
+  try:
+    from optim4rl import _cpu
+  except ImportError:
+    return None
+  return _cpu.simd_lanes()
 
 
 def throughput_table(sizes, backends=None, rule: str = "optim4rl") -> str:

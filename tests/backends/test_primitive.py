@@ -176,6 +176,33 @@ def test_backward_is_deterministic(kernel_backend):
   np.testing.assert_array_equal(a, b)
 
 
+def test_large_problem_matches_reference(kernel_backend):
+  """Outputs of several MB (the cpu handler asks for huge pages on them) and many threads'
+  worth of blocks, forward and VJP."""
+  spec, meta, g, h = random_problem("optim4rl", 70_001, seed=3)
+  run = lambda b: jax.jit(lambda m, g, h: fused_step(spec, m, g, h, backend=b))(meta, g, h)
+  got, want = run(kernel_backend), run("reference")
+  assert_matches(got[0], want[0], 1e-5, "direction")
+  assert_matches(got[1], want[1], 1e-5, "hidden state")
+  grad = lambda b: jax.jit(jax.grad(_loss(spec, b, 70_001), argnums=(0, 1)))(meta, h, g)
+  got, want = grad(kernel_backend), grad("reference")
+  assert_matches(got[0], want[0], 1e-4, "meta-gradient")
+  assert_matches(got[1], want[1], 1e-4, "hidden-state gradient")
+
+
+def test_cpu_simd_width_is_one_the_host_supports():
+  """The cpu kernels use one native register per value; the width they were built for must be
+  one this CPU runs (16 needs AVX-512, 8 AVX2)."""
+  cpu = pytest.importorskip("optim4rl._cpu")
+  lanes = cpu.simd_lanes()
+  flags = open("/proc/cpuinfo").read() if jax.default_backend() == "cpu" else ""
+  assert lanes in (4, 8, 16)
+  if lanes == 16:
+    assert "avx512f" in flags
+  if lanes == 8:
+    assert "avx2" in flags and "fma" in flags
+
+
 def test_empty_gradients(kernel_backend):
   spec, meta, _, _ = random_problem("optim4rl", 1)
   g, h = jnp.zeros((0,), jnp.float32), jnp.zeros((16, 0), jnp.float32)
