@@ -14,30 +14,12 @@ import argparse
 import json
 import os
 
-import jax
-import jax.numpy as jnp
-
-from optim4rl.evaluation.throughput import _optimizer, machine_info
+from optim4rl.evaluation.throughput import machine_info, meta_path
 
 
 def temp_bytes(backend: str, size: int, steps: int) -> int:
-  meta, make = _optimizer(backend, "optim4rl", jax.random.key(0))
-  target = jnp.linspace(-1.0, 1.0, size, dtype=jnp.float32)
-
-  def inner(p):
-    return 0.5 * jnp.sum(jnp.square(p - target))
-
-  def meta_loss(meta):
-    tx = make(meta, 1e-2)
-
-    def body(carry, _):
-      p, s = carry
-      u, s = tx.update(jax.grad(inner)(p), s)
-      return (p + u, s), None
-    p0 = jnp.zeros_like(target)
-    (p, _), _ = jax.lax.scan(body, (p0, tx.init(p0)), None, length=steps)
-    return inner(p)
-  return jax.jit(jax.grad(meta_loss)).lower(meta).compile().memory_analysis().temp_size_in_bytes
+  meta, meta_grad = meta_path(backend, size, steps=steps)
+  return meta_grad.lower(meta).compile().memory_analysis().temp_size_in_bytes
 
 
 def main():

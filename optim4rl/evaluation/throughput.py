@@ -45,24 +45,10 @@ def _optimizer(backend: str, rule: str, key):
       meta, rule=rule, learning_rate=lr, backend=backend)
 
 
-def measure(kind: str, backend: str, size: int, rule: str = "optim4rl") -> dict:
-  """{"seconds", "rate"}: kind "forward" (params/s) or "meta" (param-steps/s);
-  backend a fused-step backend, "flax" (the anchor) or "optax.adam" (forward only)."""
-  key = jax.random.key(0)
-  g = (jax.random.normal(key, (size,)) * 1e-3).astype(jnp.float32)
-  if backend == "optax.adam":
-    if kind != "forward":
-      raise ValueError("optax.adam has no meta path")
-    tx = optax.adam(1e-3)
-    seconds = time_call(jax.jit(tx.update), g, tx.init(g))
-    return {"seconds": seconds, "rate": size / seconds}
-  meta, make = _optimizer(backend, rule, key)
-  if kind == "forward":
-    tx = make(meta, 1e-3)
-    seconds = time_call(jax.jit(tx.update), g, tx.init(g))
-    return {"seconds": seconds, "rate": size / seconds}
-  if kind != "meta":
-    raise ValueError(f"unknown measurement {kind!r}; expected 'forward' or 'meta'")
+def meta_path(backend: str, size: int, rule: str = "optim4rl", steps: int = M_STEPS):
+  """(meta-parameters, jitted meta-gradient): grad w.r.t. the meta-parameters of a quadratic
+  inner loss of P = size parameters after `steps` scanned updates of the backend's optimizer."""
+  meta, make = _optimizer(backend, rule, jax.random.key(0))
   target = jnp.linspace(-1.0, 1.0, size, dtype=jnp.float32)
 
   def inner(p):
@@ -76,10 +62,30 @@ def measure(kind: str, backend: str, size: int, rule: str = "optim4rl") -> dict:
       u, s = tx.update(jax.grad(inner)(p), s)
       return (p + u, s), None
     p0 = jnp.zeros_like(target)
-    (p, _), _ = jax.lax.scan(body, (p0, tx.init(p0)), None, length=M_STEPS)
+    (p, _), _ = jax.lax.scan(body, (p0, tx.init(p0)), None, length=steps)
     return inner(p)
+  return meta, jax.jit(jax.grad(meta_loss))
 
-  meta_grad = jax.jit(jax.grad(meta_loss))
+
+def measure(kind: str, backend: str, size: int, rule: str = "optim4rl") -> dict:
+  """{"seconds", "rate"}: kind "forward" (params/s) or "meta" (param-steps/s);
+  backend a fused-step backend, "flax" (the anchor) or "optax.adam" (forward only)."""
+  key = jax.random.key(0)
+  g = (jax.random.normal(key, (size,)) * 1e-3).astype(jnp.float32)
+  if backend == "optax.adam":
+    if kind != "forward":
+      raise ValueError("optax.adam has no meta path")
+    tx = optax.adam(1e-3)
+    seconds = time_call(jax.jit(tx.update), g, tx.init(g))
+    return {"seconds": seconds, "rate": size / seconds}
+  if kind == "forward":
+    meta, make = _optimizer(backend, rule, key)
+    tx = make(meta, 1e-3)
+    seconds = time_call(jax.jit(tx.update), g, tx.init(g))
+    return {"seconds": seconds, "rate": size / seconds}
+  if kind != "meta":
+    raise ValueError(f"unknown measurement {kind!r}; expected 'forward' or 'meta'")
+  meta, meta_grad = meta_path(backend, size, rule)
   memory = meta_grad.lower(meta).compile().memory_analysis()
   seconds = time_call(meta_grad, meta, min_time=2.0, max_reps=5)
   # XLA's working memory of the meta path (temporaries: residuals of the 4 updates and
