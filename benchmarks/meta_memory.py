@@ -14,12 +14,7 @@ import argparse
 import json
 import os
 
-from optim4rl.evaluation.throughput import machine_info, meta_path
-
-
-def temp_bytes(backend: str, size: int, steps: int) -> int:
-  meta, meta_grad = meta_path(backend, size, steps=steps)
-  return meta_grad.lower(meta).compile().memory_analysis().temp_size_in_bytes
+from optim4rl.evaluation.throughput import machine_info, meta_path_temp_bytes
 
 
 def main():
@@ -30,7 +25,7 @@ def main():
   parser.add_argument("--out", default="benchmarks/results/meta_memory_cpu.json")
   args = parser.parse_args()
   size = int(args.P)
-  rows = [{"M": m, "temp_bytes_per_param": temp_bytes(args.backend, size, m) / size}
+  rows = [{"M": m, "temp_bytes_per_param": meta_path_temp_bytes(args.backend, size, steps=m) / size}
           for m in args.steps]
   for r in rows:
     r["temp_bytes_per_param_step"] = r["temp_bytes_per_param"] / r["M"]

@@ -15,8 +15,8 @@
 
 namespace o4r::cpu {
 
-// Lanes l < n set (all ones), the rest clear.
-inline vi lanes_below(int64_t n) {
+// Lanes l < n set (all ones), the rest clear: the valid lanes of a block of n < W values.
+inline vi lane_mask(int64_t n) {
   vi lane;
   for (int l = 0; l < W; ++l) lane[l] = l;
   return lane < static_cast<int32_t>(n);
@@ -29,7 +29,7 @@ inline vf load(const float* x, int64_t n) {
   return (vf)_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), x);
 #elif defined(O4R_AVX2)
   if (n == W) return (vf)_mm256_loadu_ps(x);
-  return (vf)_mm256_maskload_ps(x, (__m256i)lanes_below(n));
+  return (vf)_mm256_maskload_ps(x, (__m256i)lane_mask(n));
 #else
   vf v = {};
   if (n == W) std::memcpy(&v, x, sizeof(vf));
@@ -42,7 +42,7 @@ inline void store(float* x, vf v, int64_t n) {
   _mm512_mask_storeu_ps(x, static_cast<__mmask16>((1u << n) - 1), (__m512)v);
 #elif defined(O4R_AVX2)
   if (n == W) _mm256_storeu_ps(x, (__m256)v);
-  else _mm256_maskstore_ps(x, (__m256i)lanes_below(n), (__m256)v);
+  else _mm256_maskstore_ps(x, (__m256i)lane_mask(n), (__m256)v);
 #else
   if (n == W) std::memcpy(x, &v, sizeof(vf));
   else std::memcpy(x, &v, sizeof(float) * n);

@@ -120,9 +120,7 @@ void backward(const float* meta, const float* g, const float* h, const float* d_
           LaneAcc acc{lanes.data()};
           s.backward(p, load(d_dir + off, n), dhn, dh, acc);
         } else {
-          vi lane;
-          for (int l = 0; l < W; ++l) lane[l] = l;
-          MaskedLaneAcc acc{lanes.data(), lane < (int32_t)n};
+          MaskedLaneAcc acc{lanes.data(), lane_mask(n)};
           s.backward(p, load(d_dir + off, n), dhn, dh, acc);
         }
         for (int r = 0; r < R; ++r) store(d_h + hoff + r * pr.params, dh[r], n);

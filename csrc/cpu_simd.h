@@ -86,27 +86,23 @@ struct VecMath {
     vf r = xc - k * 0.693359375f + k * 2.12194440e-4f;
     vf y = exp_reduced(r);
     return (vf)_mm512_scalef_ps((__m512)y, (__m512)k);
-#elif defined(O4R_AVX2)
-    // As below with vroundps and min/max clamps (x is their second operand, so NaN passes).
+#else
+    // exp(x) = 2^k e^r, |r| <= ln2 / 2; 2^k applied in two halves so k = 128 cannot overflow.
+#if defined(O4R_AVX2)
+    // vroundps, and min/max clamps with x as their second operand, so that NaN passes.
     vf xc = (vf)_mm256_min_ps(_mm256_set1_ps(88.7228f), (__m256)x);
     xc = (vf)_mm256_max_ps(_mm256_set1_ps(-87.3365f), (__m256)xc);
     vf fk = (vf)_mm256_round_ps((__m256)(xc * 1.44269504088896341f),
                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    vf r = xc - fk * 0.693359375f + fk * 2.12194440e-4f;
-    vf y = exp_reduced(r);
     vi k = (vi)_mm256_cvtps_epi32((__m256)fk);
-    vi k1 = k >> 1;
-    vf res = y * pow2i(k1) * pow2i(k - k1);
-    res = select(x > 88.7228f, splat(__builtin_inff()), res);
-    return select(x < -87.3365f, splat(0.0f), res);  // flush to zero, as XLA on CPU
 #else
-    // exp(x) = 2^k e^r, |r| <= ln2 / 2; 2^k applied in two halves so k = 128 cannot overflow.
     vf xc = select(x > 88.7228f, splat(88.7228f), x);
     xc = select(xc < -87.3365f, splat(-87.3365f), xc);  // NaN passes both
     vf kf = xc * 1.44269504088896341f + 0.5f;
     vi k = __builtin_convertvector(kf, vi);
     k += (__builtin_convertvector(k, vf) > kf);  // truncation -> floor (true is -1)
     vf fk = __builtin_convertvector(k, vf);
+#endif
     vf r = xc - fk * 0.693359375f + fk * 2.12194440e-4f;
     vf y = exp_reduced(r);
     vi k1 = k >> 1;

@@ -37,6 +37,7 @@ using o4r::cpu::vf;
 using o4r::cpu::vi;
 using o4r::cpu::VecMath;
 using o4r::cpu::advise_huge_pages;
+using o4r::cpu::lane_mask;
 using o4r::cpu::W;
 
 constexpr int64_t kFlushBlocks = 32;        // float lane sums stay short
@@ -65,12 +66,6 @@ struct Blocks {
     return std::upper_bound(first.begin(), first.end(), block) - first.begin() - 1;
   }
 };
-
-inline vi lane_mask(int64_t n) {
-  vi lane;
-  for (int l = 0; l < W; ++l) lane[l] = l;
-  return lane < static_cast<int32_t>(n);
-}
 
 template <int HID, int WID>
 void step(const Entry& e, int64_t P, int64_t T, const Weights<HID, WID>& w) {

@@ -67,6 +67,13 @@ def meta_path(backend: str, size: int, rule: str = "optim4rl", steps: int = M_ST
   return meta, jax.jit(jax.grad(meta_loss))
 
 
+def meta_path_temp_bytes(backend: str, size: int, rule: str = "optim4rl",
+                         steps: int = M_STEPS) -> int:
+  """XLA's temporaries of `meta_path`, from its compilation (nothing runs)."""
+  meta, meta_grad = meta_path(backend, size, rule, steps)
+  return meta_grad.lower(meta).compile().memory_analysis().temp_size_in_bytes
+
+
 def measure(kind: str, backend: str, size: int, rule: str = "optim4rl") -> dict:
   """{"seconds", "rate"}: kind "forward" (params/s) or "meta" (param-steps/s);
   backend a fused-step backend, "flax" (the anchor) or "optax.adam" (forward only)."""

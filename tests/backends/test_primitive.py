@@ -1,4 +1,6 @@
 """Fused kernels against the pure-JAX reference: forward, VJP, jit/vmap/scan, edge cases."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -195,7 +197,9 @@ def test_cpu_simd_width_is_one_the_host_supports():
   one this CPU runs (16 needs AVX-512, 8 AVX2)."""
   cpu = pytest.importorskip("optim4rl._cpu")
   lanes = cpu.simd_lanes()
-  flags = open("/proc/cpuinfo").read() if jax.default_backend() == "cpu" else ""
+  if not os.path.exists("/proc/cpuinfo"):
+    pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
+  flags = open("/proc/cpuinfo").read()  # the host CPU's, whatever JAX's platform
   assert lanes in (4, 8, 16)
   if lanes == 16:
     assert "avx512f" in flags
