@@ -49,9 +49,9 @@ def main():
       rows.append(row)
       if "error" in row:  # e.g. killed for memory: recorded, keep going
         row["rate"] = float("nan")
-        print(f"{kind:8s} {backend:11s} P={size:>9,d}  failed ({row['error'][:40]})", flush=True)
+        print(f"{kind:8s} {backend:13s} P={size:>9,d}  failed ({row['error'][:40]})", flush=True)
         continue
-      print(f"{kind:8s} {backend:11s} P={size:>9,d}  {row['rate'] / 1e6:10.2f} M/s"
+      print(f"{kind:8s} {backend:13s} P={size:>9,d}  {row['rate'] / 1e6:10.2f} M/s"
             + (f"  peak {row['peak_rss_gb']:.2f} GB" if "peak_rss_gb" in row else ""), flush=True)
 
   def rate(kind, backend, size):
@@ -60,23 +60,28 @@ def main():
     if r["kind"] == "meta" and "peak_rss_gb" in r:
       r["bytes_per_param_step"] = r["peak_rss_gb"] * 2**30 / (M_STEPS * r["P"])
   ratios = []
+  fused = [b for b in args.backends if b.partition(":")[0] == "cpu"]  # cpu, cpu:bfloat16
   for size in map(int, args.sizes):
     ratio = {"P": size}
-    for other in ("reference", ANCHOR):
-      if "cpu" in args.backends and other in args.backends:
-        ratio[f"forward_cpu_over_{other}"] = rate("forward", "cpu", size) / rate("forward", other, size)
-        ratio[f"meta_cpu_over_{other}"] = rate("meta", "cpu", size) / rate("meta", other, size)
-    if "cpu" in args.backends:
-      ratio["forward_cpu_over_adam"] = rate("forward", "cpu", size) / rate("forward", "optax.adam", size)
+    for ours in fused:
+      for other in ("reference", ANCHOR):
+        if other in args.backends:
+          for kind in ("forward", "meta"):
+            ratio[f"{kind}_{ours}_over_{other}"] = (rate(kind, ours, size)
+                                                    / rate(kind, other, size))
+      ratio[f"forward_{ours}_over_adam"] = (rate("forward", ours, size)
+                                            / rate("forward", "optax.adam", size))
     ratios.append(ratio)
-  print("\nP          " + " ".join(f"{k:>26}" for k in ratios[0] if k != "P"))
+  print("\nratios of the same run")
   for r in ratios:
-    print(f"{r['P']:<10,d} " + " ".join(f"{v:25.2f}x" for k, v in r.items() if k != "P"))
+    for k, v in r.items():
+      if k != "P":
+        print(f"  P={r['P']:>9,d}  {k:<40} {v:7.2f}x")
   print("\nmeta path, memory per parameter-step (bytes): peak resident (the process's baseline "
         "included) and XLA's temporaries")
   for r in rows:
     if "bytes_per_param_step" in r:
-      print(f"  {r['backend']:11s} P={r['P']:>9,d}  {r['bytes_per_param_step']:8.1f} "
+      print(f"  {r['backend']:13s} P={r['P']:>9,d}  {r['bytes_per_param_step']:8.1f} "
             f"{r.get('xla_temp_bytes_per_param_step', float('nan')):8.1f}")
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   with open(args.out, "w") as f:

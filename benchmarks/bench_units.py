@@ -20,14 +20,15 @@ import time
 from optim4rl.evaluation.throughput import in_fresh_process, machine_info, peak_rss_gb
 
 
-def run_one(world: str, units: int, chunk: str, iterations: int, backend: str | None) -> dict:
+def run_one(world: str, units: int, chunk: str, iterations: int, backend: str | None,
+            hidden_dtype: str) -> dict:
   import jax
   from optim4rl.meta import pipeline
   from optim4rl.meta.a2c import GridworldConfig
   from optim4rl.meta.config import MetaConfig
   from optim4rl.meta.iteration import initial_state, make_iteration
   cfg = MetaConfig(units=units, reset_interval=units, iterations=iterations + 1,
-                   backend=backend)
+                   backend=backend, hidden_dtype=hidden_dtype)
   tasks = GridworldConfig(worlds=(world,), agent_lrs=(3e-3,)).tasks(cfg)
   state = initial_state(cfg, tasks)
   state_gb = sum(x.nbytes for x in jax.tree.leaves(state)) / 2**30
@@ -49,6 +50,7 @@ def run_one(world: str, units: int, chunk: str, iterations: int, backend: str | 
   return {"world": world, "units": units, "unit_chunk": unit_chunk, "chunk_arg": chunk,
           "seconds_per_iteration": seconds, "compile_and_first_iteration_s": first,
           "state_gb": state_gb, "peak_rss_gb": peak_rss_gb(), "backend": cfg.backend,
+          "hidden_dtype": hidden_dtype,
           "meta_grad_norm": float(metrics.meta_grad_norm)}
 
 
@@ -60,20 +62,23 @@ def main():
                       help="units at once: auto, all, or a number (each is measured)")
   parser.add_argument("--iterations", type=int, default=3, help="timed iterations")
   parser.add_argument("--backend", default=None)
+  parser.add_argument("--hidden-dtype", default="float32", choices=("float32", "bfloat16"))
   parser.add_argument("--out", default="benchmarks/results/units_cpu.json")
   parser.add_argument("--one", nargs=3, metavar=("UNITS", "CHUNK", "ITERATIONS"),
                       help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.one:
     units, chunk, iterations = args.one
-    print(json.dumps(run_one(args.world, int(units), chunk, int(iterations), args.backend)))
+    print(json.dumps(run_one(args.world, int(units), chunk, int(iterations), args.backend,
+                             args.hidden_dtype)))
     return
   rows = []
   print(f"{'units':>6} {'chunk':>6} {'s/iteration':>12} {'first (s)':>10} {'state GB':>9} "
         f"{'peak GB':>8}")
   for units in args.units:
     for chunk in args.chunk:
-      extra = ["--world", args.world] + (["--backend", args.backend] if args.backend else [])
+      extra = ["--world", args.world, "--hidden-dtype", args.hidden_dtype]
+      extra += ["--backend", args.backend] if args.backend else []
       row = in_fresh_process(__file__, str(units), chunk, str(args.iterations), *extra)
       row.setdefault("units", units)
       row.setdefault("chunk_arg", chunk)

@@ -49,6 +49,25 @@ inline void store(float* x, vf v, int64_t n) {
 #endif
 }
 
+// The same for a hidden state kept in bfloat16 (XLA's BF16 buffers are uint16_t): widened
+// exactly on load, rounded to nearest even on store as XLA's convert does, NaN kept quiet.
+typedef uint16_t vbf16 __attribute__((vector_size(2 * W)));
+typedef uint32_t vu __attribute__((vector_size(4 * W)));
+inline vf load(const uint16_t* x, int64_t n) {
+  vbf16 b = {};
+  if (n == W) std::memcpy(&b, x, sizeof(b));
+  else std::memcpy(&b, x, sizeof(uint16_t) * n);
+  return (vf)(__builtin_convertvector(b, vu) << 16);
+}
+inline void store(uint16_t* x, vf v, int64_t n) {
+  const vu bits = (vu)v;
+  vu rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+  rounded = (vu)((v != v) ? (vi)((bits >> 16) | 0x40u) : (vi)rounded);
+  const vbf16 b = __builtin_convertvector(rounded, vbf16);
+  if (n == W) std::memcpy(x, &b, sizeof(b));
+  else std::memcpy(x, &b, sizeof(uint16_t) * n);
+}
+
 // Ask for transparent huge pages on a large output buffer before its first write. XLA hands
 // the handlers fresh buffers (mmapped by malloc when large), whose first touch costs one page
 // fault per 4 KB: a third of the forward's time at P = 1e6 was system time. With 2 MB pages

@@ -34,8 +34,9 @@ struct Problem {  // one fused call: B independent (meta, g, h) triples of P par
   int64_t batch, params, blocks;  // blocks per batch entry
 };
 
-template <int RULE>
-void forward(const float* meta, const float* g, const float* h, float* dir, float* h_new,
+// HT: the hidden state's storage, float or bfloat16 bits (uint16_t); arithmetic is float.
+template <int RULE, class HT>
+void forward(const float* meta, const float* g, const HT* h, float* dir, HT* h_new,
              Problem pr, float clip) {
   constexpr int R = hidden_rows<RULE>();
   constexpr int K = meta_size<RULE>();
@@ -68,9 +69,9 @@ struct MaskedLaneAcc {  // for the last, partial block: padded lanes add nothing
   inline void operator()(int idx, vf v) { a[idx] += valid ? v : vf{}; }
 };
 
-template <int RULE>
-void backward(const float* meta, const float* g, const float* h, const float* d_dir,
-              const float* d_h_new, float* d_meta, float* d_h, Problem pr, float clip) {
+template <int RULE, class HT>
+void backward(const float* meta, const float* g, const HT* h, const float* d_dir,
+              const HT* d_h_new, float* d_meta, HT* d_h, Problem pr, float clip) {
   constexpr int R = hidden_rows<RULE>();
   constexpr int K = meta_size<RULE>();
   const int64_t total = pr.batch * pr.blocks;
@@ -145,9 +146,11 @@ ffi::Error describe(int rule, ffi::AnyBuffer::Dimensions g_dims, size_t meta_n, 
   return ffi::Error::Success();
 }
 
+// HD: the hidden state's dtype (F32, or BF16 for the opt-in 16-bit state).
+template <ffi::DataType HD>
 ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> meta, ffi::Buffer<ffi::F32> g,
-                       ffi::Buffer<ffi::F32> h, ffi::ResultBuffer<ffi::F32> dir,
-                       ffi::ResultBuffer<ffi::F32> h_new, int32_t rule, float clip) {
+                       ffi::Buffer<HD> h, ffi::ResultBuffer<ffi::F32> dir,
+                       ffi::ResultBuffer<HD> h_new, int32_t rule, float clip) {
   Problem pr;
   if (auto e = describe(rule, g.dimensions(), meta.element_count(), g.element_count(),
                         h.element_count(), &pr); e.failure())
@@ -162,10 +165,11 @@ ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> meta, ffi::Buffer<ffi::F32> g,
   return ffi::Error::Success();
 }
 
+template <ffi::DataType HD>
 ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> meta, ffi::Buffer<ffi::F32> g,
-                        ffi::Buffer<ffi::F32> h, ffi::Buffer<ffi::F32> d_dir,
-                        ffi::Buffer<ffi::F32> d_h_new, ffi::ResultBuffer<ffi::F32> d_meta,
-                        ffi::ResultBuffer<ffi::F32> d_h, int32_t rule, float clip) {
+                        ffi::Buffer<HD> h, ffi::Buffer<ffi::F32> d_dir,
+                        ffi::Buffer<HD> d_h_new, ffi::ResultBuffer<ffi::F32> d_meta,
+                        ffi::ResultBuffer<HD> d_h, int32_t rule, float clip) {
   Problem pr;
   if (auto e = describe(rule, g.dimensions(), meta.element_count(), g.element_count(),
                         h.element_count(), &pr); e.failure())
@@ -191,11 +195,14 @@ ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> meta, ffi::Buffer<ffi::F32> g,
 // OPEN's forward, defined in open_cpu_ffi.cc.
 extern "C" XLA_FFI_Error* Optim4rlCpuOpenForward(XLA_FFI_CallFrame* call_frame);
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(Optim4rlCpuForward, o4r::cpu::ForwardImpl,
-                              o4r::call_signature<3>(ffi::Ffi::Bind()));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(Optim4rlCpuBackward, o4r::cpu::BackwardImpl,
-                              o4r::call_signature<5>(ffi::Ffi::Bind()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Optim4rlCpuForward, o4r::cpu::ForwardImpl<ffi::F32>,
+                              o4r::forward_signature<ffi::F32>(ffi::Ffi::Bind()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Optim4rlCpuBackward, o4r::cpu::BackwardImpl<ffi::F32>,
+                              o4r::backward_signature<ffi::F32>(ffi::Ffi::Bind()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Optim4rlCpuForwardBf16, o4r::cpu::ForwardImpl<ffi::BF16>,
+                              o4r::forward_signature<ffi::BF16>(ffi::Ffi::Bind()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Optim4rlCpuBackwardBf16, o4r::cpu::BackwardImpl<ffi::BF16>,
+                              o4r::backward_signature<ffi::BF16>(ffi::Ffi::Bind()));
 
 PYBIND11_MODULE(_cpu, m) {
   m.doc() = "optim4rl CPU backend: XLA FFI handlers";
@@ -203,6 +210,9 @@ PYBIND11_MODULE(_cpu, m) {
     py::dict d;
     d["optim4rl_cpu_forward"] = py::capsule(reinterpret_cast<void*>(Optim4rlCpuForward));
     d["optim4rl_cpu_backward"] = py::capsule(reinterpret_cast<void*>(Optim4rlCpuBackward));
+    d["optim4rl_cpu_forward_bf16"] = py::capsule(reinterpret_cast<void*>(Optim4rlCpuForwardBf16));
+    d["optim4rl_cpu_backward_bf16"] =
+        py::capsule(reinterpret_cast<void*>(Optim4rlCpuBackwardBf16));
     d["optim4rl_cpu_open_forward"] = py::capsule(reinterpret_cast<void*>(Optim4rlCpuOpenForward));
     return d;
   });

@@ -188,10 +188,10 @@ ffi::Error BackwardImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
 }  // namespace o4r::cuda
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(Optim4rlCudaForward, o4r::cuda::ForwardImpl,
-                              o4r::call_signature<3>(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>()));
+                              o4r::forward_signature(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>()));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(Optim4rlCudaBackward, o4r::cuda::BackwardImpl,
-                              o4r::call_signature<5>(ffi::Ffi::Bind()
+                              o4r::backward_signature(ffi::Ffi::Bind()
                                   .Ctx<ffi::PlatformStream<cudaStream_t>>()
                                   .Ctx<ffi::ScratchAllocator>()));
 

@@ -31,23 +31,40 @@ inline xla::ffi::Error validate_call(int rule, xla::ffi::AnyBuffer::Dimensions g
   return Error::Success();
 }
 
-// Both calls take kArgs float32 buffers and return two, with attributes rule (int32) and
-// clip (float32), identically on every platform (optim4rl/backends/registry.py makes them):
-// forward (meta, g, h) -> (direction, h_new): kArgs = 3; backward (meta, g, h, d_direction,
-// d_h_new) -> (d_meta, d_h): kArgs = 5. `binding` carries the platform's context arguments.
-template <int kArgs, class Binding>
-auto call_signature(Binding binding) {
+// Both calls take float32 buffers but for the hidden state and its cotangents, of dtype HD
+// (F32; BF16 for the opt-in 16-bit state on CPU), return two, and have attributes rule
+// (int32) and clip (float32), identically on every platform (optim4rl/backends/registry.py
+// makes them): forward (meta, g, h) -> (direction, h_new); backward (meta, g, h,
+// d_direction, d_h_new) -> (d_meta, d_h). `binding` carries the platform's context arguments.
+template <class Binding>
+auto with_attributes(Binding binding) {
+  return std::move(binding).template Attr<int32_t>("rule").template Attr<float>("clip");
+}
+
+template <xla::ffi::DataType HD = xla::ffi::F32, class Binding>
+auto forward_signature(Binding binding) {
   using xla::ffi::Buffer;
   using xla::ffi::F32;
-  if constexpr (kArgs > 0) {
-    return call_signature<kArgs - 1>(std::move(binding).template Arg<Buffer<F32>>());
-  } else {
-    return std::move(binding)
-        .template Ret<Buffer<F32>>()
-        .template Ret<Buffer<F32>>()
-        .template Attr<int32_t>("rule")
-        .template Attr<float>("clip");
-  }
+  return with_attributes(std::move(binding)
+                             .template Arg<Buffer<F32>>()   // meta
+                             .template Arg<Buffer<F32>>()   // g
+                             .template Arg<Buffer<HD>>()    // h
+                             .template Ret<Buffer<F32>>()   // direction
+                             .template Ret<Buffer<HD>>());  // h_new
+}
+
+template <xla::ffi::DataType HD = xla::ffi::F32, class Binding>
+auto backward_signature(Binding binding) {
+  using xla::ffi::Buffer;
+  using xla::ffi::F32;
+  return with_attributes(std::move(binding)
+                             .template Arg<Buffer<F32>>()   // meta
+                             .template Arg<Buffer<F32>>()   // g
+                             .template Arg<Buffer<HD>>()    // h
+                             .template Arg<Buffer<F32>>()   // d_direction
+                             .template Arg<Buffer<HD>>()    // d_h_new
+                             .template Ret<Buffer<F32>>()   // d_meta
+                             .template Ret<Buffer<HD>>());  // d_h
 }
 
 }  // namespace o4r

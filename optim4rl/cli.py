@@ -137,7 +137,7 @@ def _meta_config(args):
                    iterations=args.iterations, meta_lr=args.meta_lr,
                    meta_grad_clip=args.meta_grad_clip, max_norm=args.max_norm,
                    average_decay=args.average_decay, validate_every=args.validate_every,
-                   seed=args.seed, backend=args.backend)
+                   seed=args.seed, backend=args.backend, hidden_dtype=args.hidden_dtype)
   if args.task:
     from optim4rl.meta.ppo import BraxConfig
     if args.lrs and len(args.lrs) != 1:
@@ -310,6 +310,9 @@ def parser() -> argparse.ArgumentParser:
                       "iterations; the iterations in between run without waiting for the host")
   p.add_argument("--seed", type=_integer_any, default=0)
   p.add_argument("--backend", default=None)
+  p.add_argument("--hidden-dtype", default="float32", choices=("float32", "bfloat16"),
+                 help="the units' optimizer hidden state; bfloat16 halves it and the meta "
+                      "path's residuals (arithmetic stays float32; error in docs/results.md)")
   p.add_argument("--out", required=True, help="run directory (resumes if it holds a checkpoint)")
   p.set_defaults(run=cmd_meta_train)
 
@@ -352,7 +355,9 @@ def parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser("bench", help="throughput of the fused optimizer step per backend")
   p.add_argument("--sizes", nargs="+", default=["1e5", "1e6"])
-  p.add_argument("--backends", nargs="+", default=None)
+  p.add_argument("--backends", nargs="+", default=None,
+                 help="fused-step backends (default: those available here), e.g. cpu "
+                      "cpu:bfloat16 (the 16-bit hidden state) reference flax")
   p.add_argument("--rule", default="optim4rl")
   p.set_defaults(run=cmd_bench)
   return ap

@@ -29,6 +29,7 @@ import numpy as np
 import optax
 
 from optim4rl.backends import fused_step, resolve_backend
+from optim4rl.backends.primitive import HIDDEN_DTYPES
 from optim4rl.rules import Rule, check_meta_params, flatten_meta, get_rule
 
 
@@ -78,7 +79,8 @@ class TreeLayout:
 
 class LearnedRuleState(NamedTuple):
   """State of `scale_by_learned_rule`."""
-  hidden: jax.Array  # (rows, P) float32, rows = 8 per GRU, P = parameters in the pytree
+  hidden: jax.Array  # (rows, P) float32 (or bfloat16, opt-in), rows = 8 per GRU, P = parameters
+  #                    in the pytree
   #                    (2P for odd rules: the columns of -g follow those of g)
   layout: TreeLayout  # the parameters' tree, checked at each update
 
@@ -112,10 +114,22 @@ def _flatten(tree):
   return flat, unflatten
 
 
-def _zero_hidden(spec: Rule, params) -> LearnedRuleState:
+def _zero_hidden(spec: Rule, hidden_dtype, params) -> LearnedRuleState:
   size = sum(int(jnp.size(leaf)) for leaf in jax.tree.leaves(params))
-  return LearnedRuleState(jnp.zeros((spec.hidden_rows, size), jnp.float32),
+  return LearnedRuleState(jnp.zeros((spec.hidden_rows, size), hidden_dtype),
                           TreeLayout.of(params))
+
+
+def _check_hidden_dtype(hidden_dtype) -> jnp.dtype:
+  """The hidden state's storage: float32 (the default) or bfloat16, which halves the state
+  and the meta path's residuals; the arithmetic is float32 either way."""
+  try:
+    dtype = jnp.dtype(hidden_dtype)
+  except TypeError:
+    dtype = None
+  if dtype not in HIDDEN_DTYPES:
+    raise ValueError(f"optim4rl: hidden_dtype must be float32 or bfloat16, got {hidden_dtype!r}")
+  return dtype
 
 
 def _check_clip(clip) -> float:
@@ -173,24 +187,28 @@ def odd_part(tx: optax.GradientTransformation) -> optax.GradientTransformationEx
   return optax.GradientTransformationExtraArgs(init, update)
 
 
-def _rule_transform(spec: Rule, update) -> optax.GradientTransformationExtraArgs:
+def _rule_transform(spec: Rule, update, hidden_dtype) -> optax.GradientTransformationExtraArgs:
   """The transform of `spec` around `update`, the plain rule's step (None: init only)."""
   plain = get_rule(spec.math)
-  tx = optax.GradientTransformationExtraArgs(functools.partial(_zero_hidden, plain), update)
+  tx = optax.GradientTransformationExtraArgs(
+      functools.partial(_zero_hidden, plain, _check_hidden_dtype(hidden_dtype)), update)
   return odd_part(tx) if spec.odd else tx
 
 
 def scale_by_learned_rule(meta, *, rule: str | Rule, clip: float = 1.0,
-                          backend: str | None = None) -> optax.GradientTransformationExtraArgs:
+                          backend: str | None = None, hidden_dtype=jnp.float32
+                          ) -> optax.GradientTransformationExtraArgs:
   """The learned rule's direction: updates = the rule's update at learning rate 1, sign
   included (descend by adding it). `meta` may be a tracer: meta-gradients flow through.
 
   `clip`: Algorithm 1's elementwise gradient clip (0: none); `backend`: a fused-step backend,
-  None for the best one here.
+  None for the best one here; `hidden_dtype`: the hidden state's storage, float32 or
+  (opt-in, half the memory, its error in docs/results.md) bfloat16.
   """
   spec = check_meta_params(meta, rule)
   clip = _check_clip(clip)
   backend = resolve_backend(backend)
+  hidden_dtype = _check_hidden_dtype(hidden_dtype)
   plain = get_rule(spec.math)  # odd rules run their plain rule's kernel on [g, -g]
 
   def update(updates, state, params=None, **extra_args):
@@ -208,13 +226,17 @@ def scale_by_learned_rule(meta, *, rule: str | Rule, clip: float = 1.0,
       raise ValueError(f"optim4rl: optimizer state holds hidden states of shape "
                        f"{jnp.shape(state.hidden)}, but the gradients need {need}: was the state "
                        f"initialised for these parameters and rule {spec.name!r}?")
+    if jnp.result_type(state.hidden) != hidden_dtype:
+      raise ValueError(f"optim4rl: optimizer state holds {jnp.result_type(state.hidden)} hidden "
+                       f"states, but this optimizer keeps them in {hidden_dtype}: initialise the "
+                       f"state with the same hidden_dtype")
     # Flattened per update, not once: meta-gradients then sum over updates leaf by leaf, in the
     # order they always have (bitwise the same results as before).
     direction, hidden = fused_step(plain, flatten_meta(meta, plain), flat, state.hidden,
                                    clip=clip, backend=backend)
     return unflatten(direction), LearnedRuleState(hidden, state.layout)
 
-  return _rule_transform(spec, update)
+  return _rule_transform(spec, update, hidden_dtype)
 
 
 def _with_learning_rate(direction, learning_rate: optax.ScalarOrSchedule
@@ -225,51 +247,52 @@ def _with_learning_rate(direction, learning_rate: optax.ScalarOrSchedule
 
 
 def learned_optimizer(meta, *, rule: str | Rule, learning_rate: optax.ScalarOrSchedule = 1e-3,
-                      clip: float = 1.0, backend: str | None = None
+                      clip: float = 1.0, backend: str | None = None, hidden_dtype=jnp.float32
                       ) -> optax.GradientTransformationExtraArgs:
   """Any rule as an optax optimizer: its direction scaled by `learning_rate` (a number or an
   optax schedule of the update count)."""
-  return _with_learning_rate(scale_by_learned_rule(meta, rule=rule, clip=clip, backend=backend),
-                             learning_rate)
+  return _with_learning_rate(scale_by_learned_rule(meta, rule=rule, clip=clip, backend=backend,
+                                                   hidden_dtype=hidden_dtype), learning_rate)
 
 
-def init_state(rule: str | Rule, params, *,
-               learning_rate: optax.ScalarOrSchedule = 1e-3) -> LearnedOptimizerState:
-  """The state `learned_optimizer(meta, rule=rule, learning_rate=learning_rate).init(params)`
-  returns, without meta-parameters: zero hidden states and, for a schedule, count 0."""
-  return _with_learning_rate(_rule_transform(get_rule(rule), None), learning_rate).init(params)
+def init_state(rule: str | Rule, params, *, learning_rate: optax.ScalarOrSchedule = 1e-3,
+               hidden_dtype=jnp.float32) -> LearnedOptimizerState:
+  """The state `learned_optimizer(meta, rule=rule, learning_rate=learning_rate,
+  hidden_dtype=hidden_dtype).init(params)` returns, without meta-parameters: zero hidden
+  states and, for a schedule, count 0."""
+  return _with_learning_rate(_rule_transform(get_rule(rule), None, hidden_dtype),
+                             learning_rate).init(params)
 
 
 def learned_update(meta, grads, state: LearnedOptimizerState, *, rule: str | Rule = "optim4rl",
                    learning_rate: optax.ScalarOrSchedule = 1e-3, clip: float = 1.0,
-                   backend: str | None = None, **extra_args):
+                   backend: str | None = None, hidden_dtype=jnp.float32, **extra_args):
   """Functional form for meta-training: (updates, new state), differentiable w.r.t. `meta`."""
   tx = learned_optimizer(meta, rule=rule, learning_rate=learning_rate, clip=clip,
-                         backend=backend)
+                         backend=backend, hidden_dtype=hidden_dtype)
   return tx.update(grads, state, **extra_args)
 
 
 def optim4rl(meta, learning_rate: optax.ScalarOrSchedule = 1e-3, *, variant: str = "paper",
-             clip: float = 1.0, backend: str | None = None
-             ) -> optax.GradientTransformationExtraArgs:
+             **options) -> optax.GradientTransformationExtraArgs:
   """Optim4RL. variant="paper" is Algorithm 1; variant="public" the authors' later code
-  (GRU inputs g and g^2, no m_sign); its meta-parameters come from rule "optim4rl_public"."""
+  (GRU inputs g and g^2, no m_sign); its meta-parameters come from rule "optim4rl_public".
+  `options`: clip, backend, hidden_dtype of `learned_optimizer`."""
   rules = {"paper": "optim4rl", "public": "optim4rl_public"}
   if variant not in rules:
     raise ValueError(f"unknown Optim4RL variant {variant!r}; expected one of {sorted(rules)}")
-  return learned_optimizer(meta, rule=rules[variant], learning_rate=learning_rate, clip=clip,
-                           backend=backend)
+  return learned_optimizer(meta, rule=rules[variant], learning_rate=learning_rate, **options)
 
 
-def linear_optim(meta, learning_rate: optax.ScalarOrSchedule = 1e-3, *, clip: float = 1.0,
-                 backend: str | None = None) -> optax.GradientTransformationExtraArgs:
-  """LinearOptim baseline: update -lr (a g + b) from one GRU."""
-  return learned_optimizer(meta, rule="linear_optim", learning_rate=learning_rate, clip=clip,
-                           backend=backend)
+def linear_optim(meta, learning_rate: optax.ScalarOrSchedule = 1e-3,
+                 **options) -> optax.GradientTransformationExtraArgs:
+  """LinearOptim baseline: update -lr (a g + b) from one GRU. `options`: clip, backend,
+  hidden_dtype of `learned_optimizer`."""
+  return learned_optimizer(meta, rule="linear_optim", learning_rate=learning_rate, **options)
 
 
-def l2lgd2(meta, learning_rate: optax.ScalarOrSchedule = 1e-3, *, clip: float = 1.0,
-           backend: str | None = None) -> optax.GradientTransformationExtraArgs:
-  """L2LGD^2 baseline: update -lr exp(o) g from one GRU on L2L-preprocessed gradients."""
-  return learned_optimizer(meta, rule="l2lgd2", learning_rate=learning_rate, clip=clip,
-                           backend=backend)
+def l2lgd2(meta, learning_rate: optax.ScalarOrSchedule = 1e-3,
+           **options) -> optax.GradientTransformationExtraArgs:
+  """L2LGD^2 baseline: update -lr exp(o) g from one GRU on L2L-preprocessed gradients.
+  `options`: clip, backend, hidden_dtype of `learned_optimizer`."""
+  return learned_optimizer(meta, rule="l2lgd2", learning_rate=learning_rate, **options)

@@ -168,7 +168,7 @@ def random_problem(rule, n, seed=0):
   return spec, flat, g, h
 
 
-def scanned_meta_gradients(rule, backend, size=60):
+def scanned_meta_gradients(rule, backend, size=60, hidden_dtype="float32"):
   """(grad from `backend`, grad from the reference, flatten) of a loss after M = 4 updates of
   a weighted quadratic through the optax API: the meta-gradient path of Section 2.2."""
   target = {"w": jnp.linspace(-1.0, 1.0, size).reshape(6, -1),
@@ -177,7 +177,8 @@ def scanned_meta_gradients(rule, backend, size=60):
   meta = optim4rl.init_meta_params(jax.random.key(3), rule)
 
   def meta_loss(meta, backend):
-    tx = optim4rl.learned_optimizer(meta, rule=rule, learning_rate=0.1, backend=backend)
+    tx = optim4rl.learned_optimizer(meta, rule=rule, learning_rate=0.1, backend=backend,
+                                    hidden_dtype=hidden_dtype)
 
     def inner(p):
       return sum(jnp.sum(jnp.square(a - t) * (1 + jnp.abs(t)))

@@ -427,6 +427,37 @@ def test_init_state_is_the_optimizers_init_without_meta(rule):
   assert jax.tree.structure(u) == jax.tree.structure(params)
 
 
+@pytest.mark.parametrize("rule", ["optim4rl", "optim4rl_odd"])
+def test_bfloat16_hidden_state_through_the_optax_api(kernel_backend, rule):
+  """hidden_dtype="bfloat16": the state is kept in bfloat16 (both signs' columns for odd
+  rules), updates stay float32 and follow the float32 optimizer's within bfloat16's rounding,
+  a state of the other dtype is refused, other dtypes are refused at construction."""
+  meta = optim4rl.init_meta_params(jax.random.key(17), rule)
+  params = mixed_tree(jax.random.key(18))
+  make = lambda dtype: optim4rl.learned_optimizer(meta, rule=rule, learning_rate=0.1,
+                                                  backend=kernel_backend, hidden_dtype=dtype)
+  tx16, tx32 = make("bfloat16"), make(jnp.float32)
+  s16 = tx16.init(params)
+  hidden = optax.tree_utils.tree_get(s16, "hidden")
+  assert hidden.dtype == jnp.bfloat16
+  assert jax.tree.leaves(optim4rl.init_state(rule, params, hidden_dtype=jnp.bfloat16))[0].dtype \
+      == jnp.bfloat16
+  (u16, s16), (u32, _) = (jax.jit(tx.update)(params, tx.init(params)) for tx in (tx16, tx32))
+  for a, b in zip(jax.tree.leaves(u16), jax.tree.leaves(u32)):
+    assert a.dtype == jnp.float32
+    np.testing.assert_array_equal(a, b)  # a zero state is exact in bfloat16: same first step
+  u16, _ = jax.jit(tx16.update)(params, s16)
+  u32, _ = jax.jit(tx32.update)(*[params, tx32.update(params, tx32.init(params))[1]])
+  assert rel_err(u16, u32, norm="l2") < 1e-3  # the second step reads a rounded state
+  with pytest.raises(ValueError, match="bfloat16 hidden states, but this optimizer keeps them "
+                     "in float32"):
+    tx32.update(params, s16)
+  with pytest.raises(ValueError, match="hidden_dtype must be float32 or bfloat16"):
+    make(jnp.float16)
+  with pytest.raises(ValueError, match="hidden_dtype must be float32 or bfloat16"):
+    make("f8")
+
+
 def test_extra_args_are_accepted_and_ignored_by_todays_rules():
   """OPEN will read activations, a key and the training progress: update takes extra args."""
   meta = optim4rl.init_meta_params(jax.random.key(17), "optim4rl_odd")

@@ -61,11 +61,16 @@ def _target(backend: str, direction: str) -> str:
   return f"optim4rl_{backend}_{direction}"
 
 
+def _hidden_suffix(h) -> str:
+  """The targets' name suffix for the hidden state's dtype (csrc/ffi_common.h)."""
+  return "_bf16" if h.dtype == jnp.bfloat16 else ""
+
+
 def ffi_forward(backend: str, rule: Rule, clip: float, meta, g, h):
   """(direction, h_new) from the `backend` library ("cpu" or "cuda")."""
   call = jax.ffi.ffi_call(
-      _target(backend, "forward"),
-      (jax.ShapeDtypeStruct(g.shape, jnp.float32), jax.ShapeDtypeStruct(h.shape, jnp.float32)),
+      _target(backend, "forward" + _hidden_suffix(h)),
+      (jax.ShapeDtypeStruct(g.shape, jnp.float32), jax.ShapeDtypeStruct(h.shape, h.dtype)),
       vmap_method="broadcast_all")
   return call(meta, g, h, rule=np.int32(rule.kernel_id), clip=np.float32(clip))
 
@@ -73,8 +78,8 @@ def ffi_forward(backend: str, rule: Rule, clip: float, meta, g, h):
 def ffi_backward(backend: str, rule: Rule, clip: float, meta, g, h, d_dir, d_h):
   """(d_meta, d_h) from the `backend` library: the VJP of `ffi_forward` in (meta, h)."""
   call = jax.ffi.ffi_call(
-      _target(backend, "backward"),
-      (jax.ShapeDtypeStruct(meta.shape, jnp.float32), jax.ShapeDtypeStruct(h.shape, jnp.float32)),
+      _target(backend, "backward" + _hidden_suffix(h)),
+      (jax.ShapeDtypeStruct(meta.shape, jnp.float32), jax.ShapeDtypeStruct(h.shape, h.dtype)),
       vmap_method="broadcast_all")
   return call(meta, g, h, d_dir, d_h, rule=np.int32(rule.kernel_id), clip=np.float32(clip))
 
@@ -90,13 +95,15 @@ class Backend:
   (d_meta, d_h), the VJP in (meta, h) (gradients are stop-gradient inputs); None when JAX
   differentiates `forward` itself. `unavailable(platform)` says why the backend cannot run on
   a JAX platform, None when it can. `preference`: resolve_backend(None) takes the available
-  backend with the lowest one."""
+  backend with the lowest one. `hidden_dtypes`: the hidden-state dtypes its kernels read and
+  write themselves; another (bfloat16) is converted around the call."""
   name: str
   platforms: tuple[str, ...] | None  # JAX platforms it runs on; None: every platform
   unavailable: Callable[[str], str | None]
   forward: Callable
   backward: Callable | None
   preference: int
+  hidden_dtypes: tuple = (jnp.dtype(jnp.float32),)
 
 
 def _reference_forward(rule, clip, meta, g, h):
@@ -139,7 +146,8 @@ def _triton_unavailable(platform: str) -> str | None:
 BACKENDS = {b.name: b for b in (
     Backend("reference", None, lambda platform: None, _reference_forward, None, preference=3),
     Backend("cpu", ("cpu",), _cpu_unavailable, functools.partial(ffi_forward, "cpu"),
-            functools.partial(ffi_backward, "cpu"), preference=0),
+            functools.partial(ffi_backward, "cpu"), preference=0,
+            hidden_dtypes=(jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))),
     Backend("cuda", GPU_PLATFORMS, _cuda_unavailable, functools.partial(ffi_forward, "cuda"),
             functools.partial(ffi_backward, "cuda"), preference=1),
     Backend("triton", GPU_PLATFORMS, _triton_unavailable, triton_launch.forward,

@@ -7,8 +7,8 @@ parameter are not counted, so achieved GFLOP/s are a lower bound. The meta path 
 M updates) runs the forward, then a backward that recomputes it: counted as 4 forwards per
 parameter-step (forward, recomputation, and twice the forward's work for the cotangents).
 Traffic: the least a forward step must move: read g and the hidden state, write the direction
-and the new hidden state, (2 + 2 rows) x 4 bytes per parameter (optax.adam: g, mu, nu in,
-updates, mu, nu out, 24).
+and the new hidden state, (2 + 2 rows) x 4 bytes per parameter, 2 x 4 + 2 rows x 2 with the
+bfloat16 hidden state ("cpu:bfloat16"; optax.adam: g, mu, nu in, updates, mu, nu out, 24).
 """
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ def bytes_per_element(backend: str, rule: str) -> int:
   """The least a forward step reads and writes per parameter."""
   if backend == "optax.adam":
     return 6 * 4
-  return (2 + 2 * get_rule(rule).hidden_rows) * 4
+  hidden_bytes = 2 if backend.endswith(":bfloat16") else 4
+  return 2 * 4 + 2 * get_rule(rule).hidden_rows * hidden_bytes
 
 
 # One register width of this machine per vector, and as many independent chains as fit in its

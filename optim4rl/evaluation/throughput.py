@@ -33,7 +33,9 @@ ANCHOR = "flax"  # the plain flax formulation of the authors' module (evaluation
 
 
 def _optimizer(backend: str, rule: str, key):
-  """(meta-parameters, make(meta, learning_rate) -> optax transformation) of a backend."""
+  """(meta-parameters, make(meta, learning_rate) -> optax transformation) of a backend,
+  "BACKEND:bfloat16" for one with the 16-bit hidden state."""
+  backend, _, hidden_dtype = backend.partition(":")
   if backend == ANCHOR:
     from optim4rl.evaluation.flax_anchor import anchor_optimizer, init_anchor
     if rule != "optim4rl":
@@ -42,7 +44,7 @@ def _optimizer(backend: str, rule: str, key):
   from optim4rl.rules import init_meta_params
   from optim4rl.transforms import learned_optimizer
   return init_meta_params(key, rule), lambda meta, lr: learned_optimizer(
-      meta, rule=rule, learning_rate=lr, backend=backend)
+      meta, rule=rule, learning_rate=lr, backend=backend, hidden_dtype=hidden_dtype or "float32")
 
 
 def meta_path(backend: str, size: int, rule: str = "optim4rl", steps: int = M_STEPS):
@@ -162,7 +164,7 @@ def throughput_table(sizes, backends=None, rule: str = "optim4rl") -> str:
                if peak else "no FMA peak measured (CPU only)")
   lines = [f"{machine_info()['device']}, rule {rule}; forward in params/s, meta in "
            f"param-steps/s (grad through {M_STEPS} updates); {peak_text}",
-           f"{'P':>10}  {'backend':<11} {'kind':<8} {'rate':>12} {'GFLOP/s':>8} {'of peak':>8} "
+           f"{'P':>10}  {'backend':<13} {'kind':<8} {'rate':>12} {'GFLOP/s':>8} {'of peak':>8} "
            f"{'B/param':>8} {'GB/s':>7}"]
   share = lambda x: "-" if x is None else f"{100 * x:.1f}%"
   for size in sizes:
@@ -172,6 +174,6 @@ def throughput_table(sizes, backends=None, rule: str = "optim4rl") -> str:
         r = roofline_row(kind, backend, rule, rate, peak_gflops)
         moved = (f"{r['bytes_per_param']:>8d} {r['gb_per_s']:7.1f}" if "bytes_per_param" in r
                  else f"{'-':>8} {'-':>7}")
-        lines.append(f"{size:>10,d}  {backend:<11} {kind:<8} {rate / 1e6:8.2f} M/s "
+        lines.append(f"{size:>10,d}  {backend:<13} {kind:<8} {rate / 1e6:8.2f} M/s "
                      f"{r['gflops']:8.1f} {share(r['share_of_peak']):>8} {moved}")
   return "\n".join(lines)

@@ -84,13 +84,14 @@ class GridworldConfig:
 Unit = AgentState
 
 
-def init_unit(world: gw.World, rule: str, envs: int, key,
+def init_unit(world: gw.World, cfg: MetaConfig, key,
               learning_rate: optax.ScalarOrSchedule) -> Unit:
   """A fresh agent whose optimizer state is the one the learned optimizer at `learning_rate`
   starts from; it does not depend on the meta-parameters."""
   state_only = optax.GradientTransformation(
-      lambda params: init_state(rule, params, learning_rate=learning_rate), None)
-  return init_agent(world, state_only, key, envs)
+      lambda params: init_state(cfg.rule, params, learning_rate=learning_rate,
+                                hidden_dtype=cfg.hidden_dtype), None)
+  return init_agent(world, state_only, key, cfg.envs_per_unit)
 
 
 def unit_meta_loss(meta, unit: Unit, world: gw.World, learning_rate: optax.ScalarOrSchedule,
@@ -103,7 +104,7 @@ def unit_meta_loss(meta, unit: Unit, world: gw.World, learning_rate: optax.Scala
   differentiable w.r.t. `meta` through all M updates.
   """
   tx = learned_optimizer(meta, rule=cfg.rule, learning_rate=learning_rate, clip=cfg.clip,
-                         backend=cfg.backend)
+                         backend=cfg.backend, hidden_dtype=cfg.hidden_dtype)
 
   def inner(u: Unit, _):
     u, (ret, eps, _) = update(world, tx, agent_cfg, u)
@@ -127,7 +128,7 @@ def world_task(cfg: MetaConfig, gcfg: GridworldConfig, i: int) -> Task:
   return Task(
       name=gcfg.worlds[i],
       unit_loss=lambda meta, unit: unit_meta_loss(meta, unit, world, lr, cfg, gcfg.outer_loss),
-      fresh_units=jax.vmap(lambda k: init_unit(world, cfg.rule, cfg.envs_per_unit, k, lr)),
+      fresh_units=jax.vmap(lambda k: init_unit(world, cfg, k, lr)),
       env_steps_per_iteration=cfg.units * cfg.envs_per_unit * rollout * (cfg.inner_updates + 1))
 
 
@@ -151,7 +152,7 @@ def validation_returns(cfg: MetaConfig, gcfg: GridworldConfig, envs: int = 512,
   @jax.jit
   def per_update(meta):  # (return sums, episodes), each (seeds, updates)
     tx = learned_optimizer(meta, rule=cfg.rule, learning_rate=lr, clip=cfg.clip,
-                           backend=cfg.backend)
+                           backend=cfg.backend, hidden_dtype=cfg.hidden_dtype)
 
     def agent(key):
       state = init_agent(world, tx, key, envs)

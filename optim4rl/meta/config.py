@@ -45,6 +45,7 @@ class MetaConfig:
   seed: int = 0
   backend: str | None = None     # learned-optimizer kernel backend; None: this host's best,
   #                                recorded as the name it resolves to
+  hidden_dtype: str = "float32"  # the units' optimizer hidden state: float32 or bfloat16
 
   def __post_init__(self):
     """Every field checked, so a run is refused before it writes anything."""
@@ -58,6 +59,8 @@ class MetaConfig:
       check_number(field, getattr(self, field))
     if not 0.0 <= self.average_decay < 1.0:
       raise ValueError(f"average_decay must be in [0, 1), got {self.average_decay}")
+    if self.hidden_dtype not in ("float32", "bfloat16"):
+      raise ValueError(f"hidden_dtype must be 'float32' or 'bfloat16', got {self.hidden_dtype!r}")
     if self.clip < 0:
       raise ValueError(f"clip must be >= 0 (0: no clipping), got {self.clip}")
     # Unknown or unavailable backends are refused here; the default is stored by name, so a

@@ -68,7 +68,7 @@ def unit_meta_loss(meta, unit: ppo.PPOState, env, nets, cfg: MetaConfig, lr: flo
   """(outer loss, (unit after the iteration, (return sum, episodes))), differentiable
   w.r.t. `meta` through the M inner updates."""
   tx = learned_optimizer(meta, rule=cfg.rule, learning_rate=lr, clip=cfg.clip,
-                         backend=cfg.backend)
+                         backend=cfg.backend, hidden_dtype=cfg.hidden_dtype)
   key, k_roll, k_perm, k_loss = jax.random.split(unit.key, 4)
   env_state, data = ppo.collect(env, nets, unit.params, unit.normalizer, unit.env_state, k_roll, s)
   normalizer = ppo.observe(unit.normalizer, data, s)
@@ -96,7 +96,8 @@ def brax_task(cfg: MetaConfig, bcfg: BraxConfig) -> Task:
   env, s = bcfg.env(), bcfg.settings(cfg)
   nets = ppo.make_networks(env, s)
   state_only = optax.GradientTransformation(
-      lambda params: init_state(cfg.rule, params, learning_rate=bcfg.agent_lr), None)
+      lambda params: init_state(cfg.rule, params, learning_rate=bcfg.agent_lr,
+                                hidden_dtype=cfg.hidden_dtype), None)
   return Task(
       name=bcfg.task,
       unit_loss=lambda meta, unit: unit_meta_loss(meta, unit, env, nets, cfg, bcfg.agent_lr, s),

@@ -67,6 +67,9 @@ def test_learned_optimizer_trains_ppo_and_records_gradients():
   assert train_ppo.optimizer_updates("inverted_pendulum", 2 * 64 * 4 * 5, s, chunks=2) == 2 * steps
 
 
+# Resuming is RunCheckpoint's, tested on A2C and gymnax PPO in CI; Brax's compile makes this
+# one 70 s: slow, outside CI's run.
+@pytest.mark.slow
 def test_killed_ppo_run_resumes_to_the_same_curve(tmp_path):
   from optim4rl.training.checkpoint import RunCheckpoint
   s = train_ppo.small("inverted_pendulum")
@@ -103,6 +106,9 @@ def test_meta_ppo_gradient_is_finite_and_nonzero():
   assert jax.tree.structure(grads) == jax.tree.structure(meta)
 
 
+# Meta-training resumes through the same loop for every plug-in (gridworld: test_meta.py,
+# test_cli.py, test_faults.py); three Brax compiles make this one 70 s: slow, outside CI's run.
+@pytest.mark.slow
 def test_ppo_meta_training_from_the_cli_resumes_exactly(tmp_path, capsys):
   from optim4rl.cli import main
 
