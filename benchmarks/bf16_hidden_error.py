@@ -15,6 +15,7 @@ Three measurements, each float32 and bfloat16 side by side with the same inputs:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 
@@ -24,7 +25,6 @@ import numpy as np
 
 import optim4rl
 from optim4rl.evaluation.throughput import machine_info, meta_path
-from optim4rl.rules import flatten_meta, get_rule
 
 DTYPES = ("float32", "bfloat16")
 
@@ -39,13 +39,13 @@ def _cosine(a, b) -> float:
   return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-def meta_gradient_error(meta_flat, size: int) -> dict:
+def meta_gradient_error(meta, size: int) -> dict:
   """Relative error and cosine of the bfloat16 meta-gradient against float32's."""
   grads = {}
   for dtype in DTYPES:
-    meta0, grad = meta_path(f"cpu:{dtype}", size)
-    meta = meta0 if meta_flat is None else meta_flat
-    grads[dtype] = np.concatenate([np.ravel(x) for x in jax.tree.leaves(grad(meta))])
+    initial, grad = meta_path(f"cpu:{dtype}", size)
+    at = initial if meta is None else meta
+    grads[dtype] = np.concatenate([np.ravel(x) for x in jax.tree.leaves(grad(at))])
   return {"relative_l2": _relative(grads["bfloat16"], grads["float32"]),
           "cosine": _cosine(grads["bfloat16"], grads["float32"])}
 
@@ -58,7 +58,7 @@ def drift(meta, size: int, checkpoints=(1, 10, 100, 1000)) -> list[dict]:
     tx = optim4rl.learned_optimizer(meta, rule="optim4rl", learning_rate=1e-2, backend="cpu",
                                     hidden_dtype=dtype)
 
-    @jax.jit
+    @functools.partial(jax.jit, static_argnums=2)
     def advance(p, s, n):
       def body(carry, _):
         p, s, _ = carry
@@ -107,11 +107,10 @@ def main():
   trained, rule = optim4rl.load_meta_params(args.meta)
   if rule != "optim4rl":
     raise ValueError(f"{args.meta} holds rule {rule!r}; this compares Optim4RL")
-  flat = flatten_meta(trained, get_rule(rule))
   result = {"benchmark": "bf16_hidden_error", "P": size, "meta": args.meta,
             "machine": machine_info()}
   result["meta_gradient"] = {"random": meta_gradient_error(None, size),
-                             "meta_trained": meta_gradient_error(flat, size)}
+                             "meta_trained": meta_gradient_error(trained, size)}
   for name, row in result["meta_gradient"].items():
     print(f"meta-gradient, {name:12s} meta: relative L2 error {row['relative_l2']:.2e}, "
           f"cosine {row['cosine']:.6f}")

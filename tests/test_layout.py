@@ -261,7 +261,7 @@ FOLDER_JOBS = {
     "csrc/": "C++/CUDA kernels, built by setup.py through CMake",
     "kernels/": "Triton kernels, installed as `optim4rl.kernels`",
     "training/": "run scripts: the main job, the paper's single-task and six-world runs",
-    "benchmarks/": "throughput/memory scripts, the rule-response probe, the layer study",
+    "benchmarks/": "throughput/memory scripts, the kernels' instruction mix (callgrind), the rule-response probe, the layer study",
     "benchmarks/results/": "measured results (JSON, curves, plots); see docs/results.md",
     "docs/results.md": "every measurement in detail",
     "tests/": "tests, one folder per sub-package; tests/test_layout.py checks this layout",
