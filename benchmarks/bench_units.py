@@ -17,6 +17,7 @@ import json
 import os
 import time
 
+from optim4rl.backends.registry import HIDDEN_DTYPE_NAMES
 from optim4rl.evaluation.throughput import in_fresh_process, machine_info, peak_rss_gb
 
 
@@ -62,7 +63,7 @@ def main():
                       help="units at once: auto, all, or a number (each is measured)")
   parser.add_argument("--iterations", type=int, default=3, help="timed iterations")
   parser.add_argument("--backend", default=None)
-  parser.add_argument("--hidden-dtype", default="float32", choices=("float32", "bfloat16"))
+  parser.add_argument("--hidden-dtype", default="float32", choices=HIDDEN_DTYPE_NAMES)
   parser.add_argument("--out", default="benchmarks/results/units_cpu.json")
   parser.add_argument("--one", nargs=3, metavar=("UNITS", "CHUNK", "ITERATIONS"),
                       help=argparse.SUPPRESS)

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from optim4rl.backends.registry import HIDDEN_DTYPE_NAMES
+
 
 def _number(text: str) -> float:
   try:
@@ -310,7 +312,7 @@ def parser() -> argparse.ArgumentParser:
                       "iterations; the iterations in between run without waiting for the host")
   p.add_argument("--seed", type=_integer_any, default=0)
   p.add_argument("--backend", default=None)
-  p.add_argument("--hidden-dtype", default="float32", choices=("float32", "bfloat16"),
+  p.add_argument("--hidden-dtype", default="float32", choices=HIDDEN_DTYPE_NAMES,
                  help="the units' optimizer hidden state; bfloat16 halves it and the meta "
                       "path's residuals (arithmetic stays float32; error in docs/results.md)")
   p.add_argument("--out", required=True, help="run directory (resumes if it holds a checkpoint)")

@@ -29,7 +29,7 @@ import numpy as np
 import optax
 
 from optim4rl.backends import fused_step, resolve_backend
-from optim4rl.backends.primitive import HIDDEN_DTYPES
+from optim4rl.backends.registry import HIDDEN_DTYPES
 from optim4rl.rules import Rule, check_meta_params, flatten_meta, get_rule
 
 
@@ -187,11 +187,13 @@ def odd_part(tx: optax.GradientTransformation) -> optax.GradientTransformationEx
   return optax.GradientTransformationExtraArgs(init, update)
 
 
-def _rule_transform(spec: Rule, update, hidden_dtype) -> optax.GradientTransformationExtraArgs:
-  """The transform of `spec` around `update`, the plain rule's step (None: init only)."""
+def _rule_transform(spec: Rule, update, hidden_dtype: jnp.dtype
+                    ) -> optax.GradientTransformationExtraArgs:
+  """The transform of `spec` around `update`, the plain rule's step (None: init only), with
+  hidden states of the (checked) `hidden_dtype`."""
   plain = get_rule(spec.math)
   tx = optax.GradientTransformationExtraArgs(
-      functools.partial(_zero_hidden, plain, _check_hidden_dtype(hidden_dtype)), update)
+      functools.partial(_zero_hidden, plain, hidden_dtype), update)
   return odd_part(tx) if spec.odd else tx
 
 
@@ -260,7 +262,8 @@ def init_state(rule: str | Rule, params, *, learning_rate: optax.ScalarOrSchedul
   """The state `learned_optimizer(meta, rule=rule, learning_rate=learning_rate,
   hidden_dtype=hidden_dtype).init(params)` returns, without meta-parameters: zero hidden
   states and, for a schedule, count 0."""
-  return _with_learning_rate(_rule_transform(get_rule(rule), None, hidden_dtype),
+  return _with_learning_rate(_rule_transform(get_rule(rule), None,
+                                             _check_hidden_dtype(hidden_dtype)),
                              learning_rate).init(params)
 
 

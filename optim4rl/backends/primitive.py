@@ -22,11 +22,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from optim4rl.backends.registry import BACKENDS, Backend
+from optim4rl.backends.registry import BACKENDS, HIDDEN_DTYPES, Backend
 from optim4rl.rules import Rule
-
-
-HIDDEN_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 
 
 def _forward(backend: Backend, rule: Rule, clip: float, meta, g, h):

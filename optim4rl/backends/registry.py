@@ -25,6 +25,10 @@ from optim4rl.backends import triton_launch
 from optim4rl.rules import Rule, reference, unflatten_meta
 
 GPU_PLATFORMS = ("gpu", "cuda")  # jax.default_backend() says "gpu"; "cuda" is also accepted
+# The hidden state's storage dtypes (the arithmetic is float32): float32, or the opt-in
+# bfloat16. A backend lists those its kernels read and write themselves (Backend.hidden_dtypes).
+HIDDEN_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+HIDDEN_DTYPE_NAMES = tuple(d.name for d in HIDDEN_DTYPES)
 
 
 # ----------------------------------------------------------------------------- C++ / CUDA
@@ -103,7 +107,7 @@ class Backend:
   forward: Callable
   backward: Callable | None
   preference: int
-  hidden_dtypes: tuple = (jnp.dtype(jnp.float32),)
+  hidden_dtypes: tuple = HIDDEN_DTYPES[:1]  # float32
 
 
 def _reference_forward(rule, clip, meta, g, h):
@@ -147,7 +151,7 @@ BACKENDS = {b.name: b for b in (
     Backend("reference", None, lambda platform: None, _reference_forward, None, preference=3),
     Backend("cpu", ("cpu",), _cpu_unavailable, functools.partial(ffi_forward, "cpu"),
             functools.partial(ffi_backward, "cpu"), preference=0,
-            hidden_dtypes=(jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))),
+            hidden_dtypes=HIDDEN_DTYPES),
     Backend("cuda", GPU_PLATFORMS, _cuda_unavailable, functools.partial(ffi_forward, "cuda"),
             functools.partial(ffi_backward, "cuda"), preference=1),
     Backend("triton", GPU_PLATFORMS, _triton_unavailable, triton_launch.forward,

@@ -6,6 +6,7 @@ import math
 import numbers
 
 from optim4rl.backends import resolve_backend
+from optim4rl.backends.registry import HIDDEN_DTYPE_NAMES
 from optim4rl.rules import get_rule
 
 
@@ -59,8 +60,9 @@ class MetaConfig:
       check_number(field, getattr(self, field))
     if not 0.0 <= self.average_decay < 1.0:
       raise ValueError(f"average_decay must be in [0, 1), got {self.average_decay}")
-    if self.hidden_dtype not in ("float32", "bfloat16"):
-      raise ValueError(f"hidden_dtype must be 'float32' or 'bfloat16', got {self.hidden_dtype!r}")
+    if self.hidden_dtype not in HIDDEN_DTYPE_NAMES:
+      raise ValueError(f"hidden_dtype must be one of {HIDDEN_DTYPE_NAMES}, got "
+                       f"{self.hidden_dtype!r}")
     if self.clip < 0:
       raise ValueError(f"clip must be >= 0 (0: no clipping), got {self.clip}")
     # Unknown or unavailable backends are refused here; the default is stored by name, so a
